@@ -1,0 +1,218 @@
+"""Typed configuration for OmniFuse-FL.
+
+Every setting has exactly one name. In Python it is the snake_case field of :class:`Config`; in YAML files and in
+Flower's run config (``[tool.flwr.app.config]`` / ``flwr run . --run-config``) it is the same name with hyphens
+(``local_epochs`` <-> ``local-epochs``). Values are scalars only (str, int, float, bool) so that every key is a
+valid Flower run-config value; lists are comma-separated strings (``modalities: "ehr,image,text,genomics"``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or invalid; the message names the key and what to do."""
+
+
+@dataclass
+class Config:
+    """All settings of a run. See ``docs/configuration.md`` for the meaning of each key."""
+
+    # --- task and data -------------------------------------------------------------------------------------
+    task: str = "binary"  # binary | multiclass | multilabel | survival
+    modalities: str = "ehr,image,text,genomics"  # order fixes the modality index m
+    on_invalid: str = "fail"  # fail | skip : what training does with an invalid modality entry
+    image_size: int = 64
+    ehr_step_hours: float = 2.0
+    ehr_max_hours: float = 48.0
+    text_model_path: str = ""  # local Hugging Face folder; "" = the bundled all-MiniLM-L6-v2
+    text_max_length: int = 128
+    survival_bins: int = 4
+    val_fraction: float = 0.15  # used only when the cohort table has no split column
+    test_fraction: float = 0.15
+
+    # --- model ---------------------------------------------------------------------------------------------
+    fusion: str = "omnifuse"  # omnifuse | dwfuse | concat | sum | late | se_gate | moddrop | healnet
+    embed_dim: int = 128
+    encoder_hidden: int = 64
+    ehr_encoder: str = "gru"  # gru | lstm | mlp (static tabular)
+    image_encoder: str = "small_cnn"  # small_cnn | resnet18 | resnet34
+    image_checkpoint: str = ""  # optional weights-only checkpoint for the image backbone
+    genomics_encoder: str = "snn"
+    text_encoder: str = "projection"  # projection head over the frozen text model's cached embeddings
+    dp_compatible: bool = False  # build DP-compatible layers (DPGRU/DPLSTM, GroupNorm) even without DP
+    head_hidden: int = 64
+
+    # --- OmniFuse method (DESIGN §4) -----------------------------------------------------------------------
+    cra_blocks: int = 5  # K
+    cra_hidden: str = "256,128,64"  # each RA is D -> 256 -> 128 -> 64 -> 128 -> 256 -> D
+    hide_prob: float = 1.0  # probability that a training sample with >=2 present modalities gets simulated missingness
+    use_forward: bool = True
+    use_backward: bool = True
+    use_dwfuse: bool = True
+    use_tla: bool = True
+    lambda_backward: float = 1.0  # lambda_1
+    lambda_dwfuse: float = 10.0  # lambda_2
+    lambda_tla: float = 0.5  # lambda_3
+    alpha: float = 0.1
+    beta: float = 0.5
+    prediction: str = "auto"  # joint | heads | both | auto (chosen on validation, recorded)
+    moddrop_prob: float = 0.25
+    healnet_latents: int = 16
+    healnet_layers: int = 2
+    healnet_heads: int = 4
+
+    # --- local training ------------------------------------------------------------------------------------
+    seed: int = 0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    proximal_mu: float = 0.0  # FedProx proximal term (client side); 0 disables
+
+    # --- federation ----------------------------------------------------------------------------------------
+    rounds: int = 3
+    strategy: str = "modality_aware"  # modality_aware | fedavg | fedprox | fedadam | fedyogi | trimmed_mean | median
+    min_sites: int = 1
+    fraction_train: float = 1.0
+    server_lr: float = 0.01
+    trim_fraction: float = 0.2
+    max_update_norm: float = 1e4
+    data_root: str = ""  # simulation: partition-id -> site folder listed in DATA_ROOT/federation.yaml
+    run_dir: str = ""  # absolute output folder for server-side artefacts
+
+    # --- privacy (DESIGN §6) -------------------------------------------------------------------------------
+    dp: bool = False
+    target_epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    noise_multiplier: float = 0.0  # 0 = calibrate once for the planned schedule
+    planned_rounds: int = 0  # 0 = use `rounds`
+    accountant: str = "prv"  # headline accountant: prv | rdp
+    tla_noise_scale: float = 1.0  # Laplace scale for report-noisy-max over clipped per-sample distances
+    central_dp: bool = False
+    central_noise_multiplier: float = 1.0
+    central_clip_norm: float = 1.0
+
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def modality_list(self) -> list[str]:
+        return [m.strip() for m in self.modalities.split(",") if m.strip()]
+
+    @property
+    def cra_hidden_list(self) -> list[int]:
+        return [int(x) for x in self.cra_hidden.split(",") if x.strip()]
+
+    def validate(self) -> "Config":
+        choices = {
+            "task": ("binary", "multiclass", "multilabel", "survival"),
+            "on_invalid": ("fail", "skip"),
+            "prediction": ("joint", "heads", "both", "auto"),
+            "accountant": ("prv", "rdp"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"config key '{_ext(key)}' = {getattr(self, key)!r}; expected one of {allowed}")
+        if not self.modality_list:
+            raise ConfigError("config key 'modalities' is empty; list at least one modality, e.g. 'ehr,image'")
+        if len(set(self.modality_list)) != len(self.modality_list):
+            raise ConfigError(f"config key 'modalities' repeats a name: {self.modalities!r}")
+        for key in ("batch_size", "local_epochs", "embed_dim", "cra_blocks", "rounds"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key '{_ext(key)}' must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.hide_prob <= 1.0:
+            raise ConfigError(f"config key 'hide-prob' must lie in [0, 1], got {self.hide_prob}")
+        if self.dp and not (0 < self.delta < 1):
+            raise ConfigError(f"config key 'delta' must lie in (0, 1), got {self.delta}")
+        return self
+
+    # --- conversion ----------------------------------------------------------------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        """External (hyphenated) flat mapping: the YAML file and the Flower run config."""
+        return {_ext(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_flat(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes).validate()
+
+    @classmethod
+    def from_flat(cls, mapping: Mapping[str, Any], *, base: "Config | None" = None, strict: bool = True) -> "Config":
+        """Build from hyphenated or snake_case keys; values are coerced to the field's type.
+
+        Unknown keys raise :class:`ConfigError` when ``strict`` (YAML files); Flower run configs may carry
+        extra Flower keys and use ``strict=False``.
+        """
+        base = base or cls()
+        known = {f.name: f for f in fields(cls)}
+        changes: dict[str, Any] = {}
+        for raw_key, value in mapping.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                if strict:
+                    raise ConfigError(f"unknown config key '{raw_key}'; see docs/configuration.md for valid keys")
+                continue
+            changes[key] = _coerce(key, value, type(getattr(base, key)))
+        return dataclasses.replace(base, **changes).validate()
+
+    @classmethod
+    def load(cls, path_or_name: str | Path, **overrides: Any) -> "Config":
+        """Load a YAML file, or a shipped config by name (``smoke``, ``demo``, ``smoke-dp``)."""
+        path = resolve_config_path(path_or_name)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at top level")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_flat(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_flat(), sort_keys=False))
+
+
+def resolve_config_path(path_or_name: str | Path) -> Path:
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{path_or_name}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"config '{path_or_name}' not found: give a YAML file or one of "
+                      f"{sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))}")
+
+
+def _ext(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, typ: type) -> Any:
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if typ is str and isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return typ(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key '{_ext(key)}': cannot read {value!r} as {typ.__name__}") from exc
