@@ -35,11 +35,13 @@ class Config:
     modalities: str = "ehr,image,text,genomics"  # order fixes the modality index m
     on_invalid: str = "fail"  # fail | skip : what training does with an invalid modality entry
     image_size: int = 64
+    image_channels: int = 1  # 1 (grayscale) | 3 (RGB): every site's images are converted to this
     ehr_step_hours: float = 2.0
     ehr_max_hours: float = 48.0
     text_model_path: str = ""  # local Hugging Face folder; "" = the bundled all-MiniLM-L6-v2
     text_max_length: int = 128
     survival_bins: int = 4
+    genomics_genes: str = ""  # gene order shared by all sites: comma-separated names or a file (one per line)
     val_fraction: float = 0.15  # used only when the cohort table has no split column
     test_fraction: float = 0.15
 
