@@ -1,0 +1,86 @@
+"""Evaluation metrics (scikit-learn where it has them). Inputs are label-free scores from ``Task.score``."""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, f1_score, roc_auc_score)
+
+log = logging.getLogger(__name__)
+NAN = float("nan")
+
+
+def headline_metric(task: str) -> str:
+    """The metric a run is judged by: C-index for survival, (macro) AUROC otherwise."""
+    return "c_index" if task == "survival" else "auroc"
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """ECE with equal-width bins over predicted probability of the positive class."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = idx == b
+        if sel.any():
+            ece += sel.mean() * abs(y[sel].mean() - p[sel].mean())
+    return float(ece)
+
+
+def concordance_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C-index: fraction of comparable pairs (i had the event before j's time) ordered by risk; ties 0.5."""
+    time, event, risk = (np.asarray(a, dtype=float) for a in (time, event, risk))
+    order = np.argsort(time, kind="stable")
+    time, event, risk = time[order], event[order], risk[order]
+    num = den = 0.0
+    for i in np.flatnonzero(event > 0):
+        later = time > time[i]
+        if not later.any():
+            continue
+        den += later.sum()
+        num += (risk[i] > risk[later]).sum() + 0.5 * (risk[i] == risk[later]).sum()
+    return float(num / den) if den > 0 else NAN
+
+
+def _safe(fn, *args, **kw) -> float:
+    try:
+        return float(fn(*args, **kw))
+    except ValueError as exc:  # e.g. only one class present in y_true
+        log.debug("metric %s undefined: %s", getattr(fn, "__name__", fn), exc)
+        return NAN
+
+
+def compute_metrics(task: str, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Metrics for one split. ``scores`` never depend on labels (they come from the model alone)."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    out: dict[str, float] = {"n": int(labels.shape[0])}
+    if labels.shape[0] == 0:
+        return out
+    if task == "binary":
+        y = labels.astype(int)
+        out.update(auroc=_safe(roc_auc_score, y, scores), auprc=_safe(average_precision_score, y, scores),
+                   f1=_safe(f1_score, y, scores >= 0.5, zero_division=0), accuracy=_safe(accuracy_score, y, scores >= 0.5),
+                   brier=_safe(brier_score_loss, y, scores), ece=expected_calibration_error(y, scores),
+                   prevalence=float(y.mean()))
+    elif task == "multiclass":
+        y = labels.astype(int)
+        pred = scores.argmax(axis=1)
+        out.update(auroc=_safe(roc_auc_score, y, scores, multi_class="ovr", average="macro",
+                               labels=list(range(scores.shape[1]))),
+                   accuracy=_safe(accuracy_score, y, pred), f1=_safe(f1_score, y, pred, average="macro", zero_division=0))
+    elif task == "multilabel":
+        y = labels.astype(int)
+        per_label = [_safe(roc_auc_score, y[:, k], scores[:, k]) for k in range(y.shape[1])]
+        valid = [a for a in per_label if not math.isnan(a)]
+        out.update(auroc=float(np.mean(valid)) if valid else NAN,
+                   auprc=_safe(average_precision_score, y, scores, average="macro"),
+                   f1=_safe(f1_score, y, scores >= 0.5, average="micro", zero_division=0))
+        out.update({f"auroc_label{k}": a for k, a in enumerate(per_label)})
+    elif task == "survival":
+        out.update(c_index=concordance_index(labels[:, 0], labels[:, 1], scores),
+                   event_rate=float(labels[:, 1].mean()))
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    return out

@@ -1,0 +1,27 @@
+"""Fusion models, named by the ``fusion`` config key."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..batch import ModalitySpec, TaskSpec
+from ..config import Config
+from ..registry import Registry
+from .base import FusionModel
+
+FUSIONS: Registry[FusionModel] = Registry("fusion")
+
+
+def build_model(specs: Sequence[ModalitySpec], task: TaskSpec, cfg: Config) -> FusionModel:
+    """Instantiate the fusion model named by ``cfg.fusion``."""
+    _import_all()
+    return FUSIONS.get(cfg.fusion)(specs=specs, task=task, cfg=cfg)
+
+
+def _import_all() -> None:
+    # Registration happens on import; keep this list in sync with the modules in this package.
+    from . import omnifuse  # noqa: F401
+    try:
+        from . import baselines, healnet  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - only while a module is being written
+        if "baselines" not in str(exc) and "healnet" not in str(exc):
+            raise

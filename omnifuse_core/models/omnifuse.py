@@ -1,0 +1,212 @@
+"""OmniFuse (Wu et al. 2025): encoders -> CRA imputer (forward + backward) -> DWFuse heads + joint head, with TLA.
+
+Registered as ``omnifuse`` (the full method) and ``dwfuse`` (DWFuse only: no imputation losses, no TLA).
+The objective (DESIGN §4.5) is a mean over samples of the per-sample sum::
+
+    L = L_forward + λ1·L_backward + λ2·(L_enc + α·L_rp) + λ3·L_TLA
+
+Every term is switchable (``use-forward``, ``use-backward``, ``use-dwfuse``, ``use-tla``) for the paper's ablations.
+Choices where the paper is silent (all in docs/method.md): imputation targets are stop-gradient; simulated
+missingness hides a random non-empty proper subset of a sample's present modalities (size uniform, then subset
+uniform) with probability ``hide-prob``; ``L_TLA`` is averaged over the whole batch (0 for samples without δ_lazy)
+so that every term is a per-sample sum, as DP-SGD requires.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..fusion import ModalityHeads, dwfuse_weights
+from ..imputer import CascadeResidualAutoencoder, masked_slot_mse
+from ..tla import activation_loss, all_combinations, combo_mask, combo_name, select_lazy, summed_distances
+from . import FUSIONS
+from .base import FusionModel
+
+log = logging.getLogger(__name__)
+PREDICTION_MODES = ("joint", "heads", "both")
+
+
+@FUSIONS.register("omnifuse")
+class OmniFuse(FusionModel):
+    """The full OmniFuse model. See the module docstring for the objective."""
+
+    variant = "omnifuse"
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        cfg = self.cfg
+        full = self.variant == "omnifuse"
+        self.impute = full and cfg.use_forward
+        self.use_backward = full and cfg.use_backward
+        self.use_tla = full and cfg.use_tla
+        dim = self.num_modalities * cfg.embed_dim
+        self.forward_cra = CascadeResidualAutoencoder(dim, cfg.cra_blocks, cfg.cra_hidden_list)
+        self.backward_cra = CascadeResidualAutoencoder(dim, cfg.cra_blocks, cfg.cra_hidden_list) \
+            if self.use_backward else None
+        out = self.task_spec.num_outputs
+        self.heads = ModalityHeads(self.num_modalities, cfg.embed_dim, cfg.head_hidden, out)
+        self.joint_head = nn.Sequential(nn.Linear(self.forward_cra.latent_dim, cfg.head_hidden), nn.ReLU(),
+                                        nn.Linear(cfg.head_hidden, out))
+        self.lazy_combo: Optional[tuple[int, ...]] = None
+        self.prediction_mode = cfg.prediction if cfg.prediction in PREDICTION_MODES else "joint"
+
+    # --- building blocks -----------------------------------------------------------------------------------
+    def zero_embeddings(self, inputs: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+        """v^miss = e_m(0) for every slot, ``[B, M, d]``.
+
+        Without DP one zero sample is encoded and broadcast; under DP every row is encoded so that Opacus sees a
+        per-sample computation (the values are identical: encoders are per-sample independent).
+        """
+        if self.cfg.dp:
+            keep = torch.zeros(batch_size, self.num_modalities, dtype=torch.bool, device=_device(inputs))
+            return self.encode(inputs, keep)
+        one = {k: v[:1] for k, v in inputs.items()}
+        keep = torch.zeros(1, self.num_modalities, dtype=torch.bool, device=_device(inputs))
+        return self.encode(one, keep).expand(batch_size, -1, -1)
+
+    def complete(self, v_true: torch.Tensor, v_miss: torch.Tensor, avail: torch.Tensor):
+        """Imputer input, forward output, completed embeddings ṽ and joint embedding for an availability mask."""
+        a = avail[:, :, None]
+        v_in = torch.where(a, v_true, v_miss)
+        v_fwd, joint = self.forward_cra(v_in.flatten(1))
+        v_fwd = v_fwd.view_as(v_in)
+        completed = torch.where(a, v_true, v_fwd) if self.impute else v_in
+        return v_in, v_fwd, completed, joint
+
+    def sample_hidden(self, present: torch.Tensor) -> torch.Tensor:
+        """Simulated missingness: a random non-empty proper subset of each eligible sample's present modalities."""
+        n_present = present.sum(dim=1)
+        eligible = (n_present >= 2) & (torch.rand(present.shape[0], device=present.device) < self.cfg.hide_prob)
+        u = torch.rand(present.shape, device=present.device).masked_fill(~present, float("inf"))
+        ranks = u.argsort(dim=1).argsort(dim=1)
+        n_hide = (torch.rand(present.shape[0], device=present.device) * (n_present - 1).clamp_min(0)).floor() + 1
+        return present & eligible[:, None] & (ranks < n_hide[:, None])
+
+    # --- label-free prediction -----------------------------------------------------------------------------
+    def _eval_parts(self, inputs, present):
+        v = self.encode(inputs, present)  # missing slots already hold e_m(0)
+        _, _, completed, joint = self.complete(v, v, present)
+        return completed, joint
+
+    def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        _, joint = self._eval_parts(inputs, present)
+        return self.joint_head(joint)
+
+    def predict_all(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Probabilities under each prediction mode, plus each modality head's own probability (``head:<m>``)."""
+        completed, joint = self._eval_parts(inputs, present)
+        p_joint = self.task.to_prob(self.joint_head(joint))
+        head_logits = self.heads(completed)
+        per_head = [self.task.to_prob(head_logits[:, m]) for m in range(self.num_modalities)]
+        p_heads = torch.stack(per_head, dim=0).mean(dim=0)
+        out = {"joint": p_joint, "heads": p_heads, "both": (p_joint + p_heads) / 2}
+        out.update({f"head:{name}": p for name, p in zip(self.names, per_head)})
+        return out
+
+    def predict_proba(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        if self.prediction_mode == "joint":
+            return self.task.to_prob(self(inputs, present))
+        return self.predict_all(inputs, present)[self.prediction_mode]
+
+    # --- training ------------------------------------------------------------------------------------------
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs, present, y = batch["inputs"], batch["present"], batch["labels"]
+        cfg, b = self.cfg, present.shape[0]
+        v_true = self.encode(inputs, present)
+        v_miss = self.zero_embeddings(inputs, b)
+        hidden = self.sample_hidden(present) if self.impute and cfg.hide_prob > 0 else torch.zeros_like(present)
+        avail = present & ~hidden
+        v_in, v_fwd, completed, joint = self.complete(v_true, v_miss, avail)
+        zero = v_true.new_zeros(b)
+        parts: dict[str, torch.Tensor] = {}
+        if self.impute:
+            # Eq. 3: the complement pattern. Ground truth exists for every present slot (v^miss where available,
+            # the true embedding where hidden); truly missing slots contribute nothing.
+            target = torch.where(avail[:, :, None], v_miss, v_true).detach()
+            parts["forward"] = masked_slot_mse(v_fwd, target, present)
+        if self.backward_cra is not None:
+            v_bwd, _ = self.backward_cra(v_fwd.flatten(1))
+            parts["backward"] = ((v_bwd - v_in.detach().flatten(1)) ** 2).mean(dim=1)
+        head_logits = self.heads(completed)
+        ce = torch.stack([self.task.elementwise_loss(head_logits[:, m], y) for m in range(self.num_modalities)], 1)
+        if cfg.use_dwfuse:
+            p = torch.stack([self.task.p_true(head_logits[:, m], y) for m in range(self.num_modalities)], 1)
+            omega = dwfuse_weights(p, cfg.beta)
+        else:
+            omega = torch.ones_like(ce)
+        parts["enc"] = (omega * ce).sum(dim=1).mean(dim=-1)
+        parts["rp"] = self.task.loss(self.joint_head(joint), y)
+        if self.use_tla and self.lazy_combo is not None:
+            lazy = combo_mask(self.lazy_combo, self.num_modalities, present.device)
+            _, _, _, joint_lazy = self.complete(v_true, v_miss, present & lazy)
+            parts["tla"] = activation_loss(self.task.loss(self.joint_head(joint_lazy), y), present, self.lazy_combo)
+        total = (parts.get("forward", zero) + cfg.lambda_backward * parts.get("backward", zero)
+                 + cfg.lambda_dwfuse * (parts["enc"] + cfg.alpha * parts["rp"]) + cfg.lambda_tla * parts.get("tla", zero))
+        loss = total.mean()
+        logged = {f"loss_{k}": float(v.detach().mean()) for k, v in parts.items()}
+        logged["loss"] = float(loss.detach())
+        logged["omega_mean"] = float(omega.mean())
+        return loss, logged
+
+    # --- TLA mining ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def mine_lazy(self, batches, device: torch.device,
+                  noisy_select: Optional[Callable[[torch.Tensor], tuple[int, dict]]] = None) -> dict:
+        """Score all 2^M − 1 combinations on the training split and set ``lazy_combo`` (DESIGN §4.4).
+
+        Embeddings are computed once; each combination re-runs only the imputer and joint head.
+        Under DP, ``noisy_select`` (report-noisy-max) picks the combination from distances clipped to [0, 1].
+        """
+        was_training = self.training
+        self.eval()
+        v_all, present_all, y_all = [], [], []
+        for batch in batches:
+            v_all.append(self.encode(batch["inputs"], batch["present"]))
+            present_all.append(batch["present"])
+            y_all.append(batch["labels"])
+        self.train(was_training)
+        if not v_all:
+            return {}
+        v_true, present, y = torch.cat(v_all), torch.cat(present_all), torch.cat(y_all)
+        v_miss = self.zero_embeddings({n: batch["inputs"][n][:1] for n in self.names}, 1).expand_as(v_true)
+        combos = all_combinations(self.num_modalities)
+
+        def distance(combo: tuple[int, ...]) -> torch.Tensor:
+            avail = present & combo_mask(combo, self.num_modalities, present.device)
+            _, _, _, joint = self.complete(v_true, v_miss, avail)
+            logits = self.joint_head(joint)
+            if noisy_select is not None:
+                return (1.0 - self.task.p_true(logits, y).mean(dim=1)).clamp(0.0, 1.0)
+            return self.task.loss(logits, y)
+
+        scores = summed_distances(distance, present, combos)
+        event: dict = {}
+        if noisy_select is not None:
+            idx, event = noisy_select(scores)
+        else:
+            idx = select_lazy(scores)
+        self.lazy_combo = combos[idx]
+        trace = {"lazy": combo_name(self.lazy_combo, self.names),
+                 "scores": {combo_name(c, self.names): float(s) for c, s in zip(combos, scores)}}
+        if event:
+            trace["dp_event"] = event
+        return trace
+
+    def on_epoch_start(self, train_batch_iter, device: torch.device, epoch: int, noisy_select=None) -> dict:
+        if not self.use_tla:
+            return {}
+        return self.mine_lazy(train_batch_iter, device, noisy_select)
+
+
+@FUSIONS.register("dwfuse")
+class DWFuseOnly(OmniFuse):
+    """DWFuse without imputation losses or TLA (ablation / baseline)."""
+
+    variant = "dwfuse"
+
+
+def _device(inputs: dict[str, torch.Tensor]) -> torch.device:
+    return next(iter(inputs.values())).device

@@ -1,0 +1,125 @@
+"""OmniFuse model behaviour: label-free inference, missing-input invariance, DP compatibility, determinism."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from opacus.validators import ModuleValidator
+
+from omnifuse_core.config import Config
+from omnifuse_core.encoders import build_encoder
+from omnifuse_core.models import build_model
+from omnifuse_core.toy import TOY_SPECS, make_toy_dataset, toy_task
+from omnifuse_core.trainer import evaluate, predict, train_local
+
+TINY = dict(embed_dim=8, encoder_hidden=8, head_hidden=8, cra_hidden="16,8,4", cra_blocks=2, batch_size=16)
+
+
+def tiny_cfg(**kw):
+    return Config(**{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained():
+    ds = make_toy_dataset(48, missing=[0, 0.4, 0.4, 0.5], seed=1)
+    cfg = tiny_cfg(local_epochs=1)
+    model = build_model(TOY_SPECS, toy_task(), cfg)
+    result = train_local(model, ds, cfg)
+    return model.eval(), ds, cfg, result
+
+
+def test_training_reports_counts_trace_and_all_loss_terms(trained):
+    model, ds, _, result = trained
+    assert result.counts == ds.modality_counts()
+    assert result.counts["ehr"] == 48 and result.counts["n"] == 48
+    assert {"loss_forward", "loss_backward", "loss_enc", "loss_rp"} <= set(result.metrics)
+    assert len(result.trace["lazy"]) == 1 and model.lazy_combo is not None
+    assert result.steps == 3
+
+
+def test_predictions_do_not_depend_on_labels(trained):
+    model, ds, cfg, _ = trained
+    before = predict(model, ds, cfg)
+    shuffled = ds.subset(range(len(ds)))
+    shuffled.labels = shuffled.labels[torch.randperm(len(ds), generator=torch.Generator().manual_seed(3))]
+    after = predict(model, shuffled, cfg)
+    for key in before:
+        assert (before[key] == after[key]).all(), key
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(-100, 100, allow_nan=False), fusion=st.sampled_from(["omnifuse"]))
+def test_missing_modality_raw_input_never_changes_output(trained, seed, scale, fusion):
+    model, ds, cfg, _ = trained
+    batch = ds.full_batch()
+    present = batch["present"]
+    g = torch.Generator().manual_seed(seed)
+    noisy = {name: x.clone() for name, x in batch["inputs"].items()}
+    for m, name in enumerate(model.names):
+        missing = ~present[:, m]
+        noise = torch.randn(noisy[name].shape, generator=g) * scale
+        noisy[name][missing] = noise[missing]
+    with torch.no_grad():
+        base = model.predict_all(batch["inputs"], present)
+        changed = model.predict_all(noisy, present)
+    for key in base:
+        assert torch.allclose(base[key], changed[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("spec", TOY_SPECS, ids=lambda s: s.name)
+def test_every_encoder_is_opacus_compatible_in_dp_form(spec):
+    enc = build_encoder(spec, tiny_cfg(dp_compatible=True))
+    assert ModuleValidator.validate(enc, strict=False) == []
+
+
+def test_resnet_encoders_are_opacus_compatible():
+    from omnifuse_core.batch import ModalitySpec
+    spec = ModalitySpec("image", "image", (1, 32, 32))
+    for name in ("resnet18", "resnet34"):
+        enc = build_encoder(spec, tiny_cfg(image_encoder=name))
+        assert ModuleValidator.validate(enc, strict=False) == []
+        assert enc(torch.zeros(2, 1, 32, 32)).shape == (2, 8)
+
+
+def test_full_omnifuse_model_is_opacus_compatible():
+    model = build_model(TOY_SPECS, toy_task(), tiny_cfg(dp_compatible=True))
+    assert ModuleValidator.validate(model, strict=False) == []
+
+
+def test_training_is_deterministic():
+    ds = make_toy_dataset(32, seed=2)
+    states = []
+    for _ in range(2):
+        cfg = tiny_cfg()
+        torch.manual_seed(0)
+        model = build_model(TOY_SPECS, toy_task(), cfg)
+        train_local(model, ds, cfg)
+        states.append(model.state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel", "survival"])
+@pytest.mark.parametrize("fusion", ["omnifuse", "dwfuse"])
+def test_every_task_trains_and_evaluates(task, fusion):
+    ds = make_toy_dataset(40, task=task, missing=[0, 0.5, 0.3, 0.5], seed=4)
+    cfg = tiny_cfg(task=task, fusion=fusion)
+    model = build_model(TOY_SPECS, toy_task(task), cfg)
+    train_local(model, ds, cfg)
+    metrics = evaluate(model, ds, cfg)
+    head = "c_index" if task == "survival" else "auroc"
+    assert 0.0 <= metrics[head] <= 1.0
+    assert {f"{head}_joint", f"{head}_heads", f"{head}_both"} <= set(metrics)
+
+
+@pytest.mark.parametrize("flag", ["use_forward", "use_backward", "use_dwfuse", "use_tla"])
+def test_each_term_can_be_switched_off(flag):
+    ds = make_toy_dataset(24, seed=5)
+    cfg = tiny_cfg(**{flag: False})
+    model = build_model(TOY_SPECS, toy_task(), cfg)
+    result = train_local(model, ds, cfg)
+    key = {"use_forward": "loss_forward", "use_backward": "loss_backward", "use_tla": "lazy"}.get(flag)
+    if key == "lazy":
+        assert "lazy" not in result.trace
+    elif key:
+        assert key not in result.metrics
+    else:
+        assert result.metrics["omega_mean"] == 1.0
