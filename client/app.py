@@ -1,0 +1,103 @@
+"""Flower ClientApp: one hospital. Thin: converts Flower records to numpy/dicts and calls ``site_runtime``.
+
+Node config (set by the hospital on its SuperNode): ``data-path``, ``state-dir``, ``device``, ``max-epsilon``.
+In simulation Flower supplies ``partition-id``, mapped to a site folder through ``<data-root>/federation.yaml``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from omnifuse_core import protocol as P
+from omnifuse_core.config import Config
+
+from . import site_runtime as rt
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+# A failure we can explain (bad node config, spec mismatch, refused privacy budget) becomes an error reply whose
+# reason the server logs; anything else propagates and Flower reports it as a ClientApp exception.
+_EXPLAINED = (rt.SiteSetupError, ValueError, OSError, RuntimeError)
+CLIENT_ERROR_CODE = 2  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+
+
+def _config(msg: Message) -> tuple[Config, dict]:
+    raw = dict(msg.content[P.CONFIG]) if P.CONFIG in msg.content.config_records else {}
+    return Config.from_flat(raw, strict=False), raw
+
+
+def _stats(raw: dict) -> dict | None:
+    text = raw.get(P.STATS_JSON, "")
+    return json.loads(text) if text else None
+
+
+def _weights(msg: Message) -> dict:
+    record = msg.content[P.ARRAYS]
+    return {name: arr.numpy() for name, arr in record.items()}
+
+
+def _guard(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except _EXPLAINED as exc:
+            log.error("%s failed at this site: %s", msg.metadata.message_type, exc)
+            return Message(Error(code=CLIENT_ERROR_CODE, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+@app.query("stats")
+@_guard
+def query_stats(msg: Message, context: Context) -> Message:
+    """First exchange: aggregate preprocessing statistics of this site (sums, sums of squares, counts)."""
+    cfg, _ = _config(msg)
+    node = rt.resolve_node_site(context.node_config, cfg)
+    stats = rt.site_statistics(node.path, cfg)
+    info = ConfigRecord({P.SITE: node.path.name, P.SITE_STATS_JSON: json.dumps(stats)})
+    return Message(RecordDict({P.INFO: info}), reply_to=msg)
+
+
+@app.query("describe")
+@_guard
+def query_describe(msg: Message, context: Context) -> Message:
+    """Modality specs and task spec of this site (shapes only), loaded with the combined statistics."""
+    cfg, raw = _config(msg)
+    node = rt.resolve_node_site(context.node_config, cfg)
+    site = rt.load_site_cached(node.path, cfg, _stats(raw))
+    return Message(RecordDict({P.INFO: ConfigRecord(rt.describe(site))}), reply_to=msg)
+
+
+@app.train()
+@_guard
+def train(msg: Message, context: Context) -> Message:
+    """Local training from the global weights; replies with trainable weights, counts and local metrics."""
+    cfg, raw = _config(msg)
+    node = rt.resolve_node_site(context.node_config, cfg)
+    site = rt.load_site_cached(node.path, cfg, _stats(raw))
+    weights, metrics, info = rt.run_train(site, cfg, _weights(msg), specs_json=raw[P.SPECS_JSON],
+                                          task_json=raw[P.TASK_JSON], node=node,
+                                          server_round=int(raw.get(P.SERVER_ROUND, 0)))
+    content = RecordDict({P.ARRAYS: ArrayRecord({n: Array(a) for n, a in weights.items()}),
+                          P.METRICS: MetricRecord(metrics), P.INFO: ConfigRecord(info)})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+@_guard
+def evaluate(msg: Message, context: Context) -> Message:
+    """Metrics of the global model on this site's validation or test split."""
+    cfg, raw = _config(msg)
+    node = rt.resolve_node_site(context.node_config, cfg)
+    site = rt.load_site_cached(node.path, cfg, _stats(raw))
+    metrics = rt.run_evaluate(site, cfg, _weights(msg), specs_json=raw[P.SPECS_JSON], task_json=raw[P.TASK_JSON],
+                              node=node, split=str(raw.get(P.SPLIT, "val")),
+                              prediction_mode=str(raw.get(P.PREDICTION_MODE, "")))
+    content = RecordDict({P.METRICS: MetricRecord(metrics), P.INFO: ConfigRecord({P.SITE: site.name})})
+    return Message(content, reply_to=msg)
+

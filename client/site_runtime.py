@@ -1,0 +1,203 @@
+"""Site-side helpers behind the ClientApp: which site this node is, loading it (cached per process), and the
+train/evaluate steps. Nothing here imports flwr; ``client/app.py`` only converts records.
+
+What leaves the site is decided here and nowhere else: the model's trainable weights (``get_trainable``), the
+per-modality training counts, scalar local metrics, and the site name. Patient ids, embeddings and raw inputs never
+appear in a return value.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from omnifuse_core import protocol as P
+from omnifuse_core.batch import ModalitySpec, TaskSpec
+from omnifuse_core.config import Config
+from omnifuse_core.weights import get_trainable, set_trainable
+
+log = logging.getLogger(__name__)
+
+SHARED_TRACE_KEYS = ("lazy",)  # trace entries that may leave the site
+
+
+class SiteSetupError(RuntimeError):
+    """The node is misconfigured (no data path, bad partition id, unreadable federation.yaml, spec mismatch)."""
+
+
+@dataclass(frozen=True)
+class NodeSite:
+    """Where this node's site lives and its hospital-set options (from node config)."""
+
+    path: Path
+    state_dir: Path
+    device: str
+    max_epsilon: Optional[float]
+
+
+def resolve_node_site(node_config: Mapping[str, Any], cfg: Config) -> NodeSite:
+    """Map node config to a site folder.
+
+    Deployment: ``data-path`` (and optionally ``state-dir``, ``device``, ``max-epsilon``) set by the hospital.
+    Simulation: ``partition-id`` indexes the ``sites`` list of ``<data-root>/federation.yaml``.
+
+    Args:
+        node_config: the SuperNode's node config.
+        cfg: the run configuration sent by the server (``data_root``, ``run_dir``, ``device``).
+
+    Raises:
+        SiteSetupError: naming the missing key or file and what to set.
+    """
+    if node_config.get("data-path"):
+        path = Path(str(node_config["data-path"])).expanduser()
+    elif "partition-id" in node_config:
+        path = _partition_site(int(node_config["partition-id"]), cfg.data_root)
+    else:
+        raise SiteSetupError("node config has neither 'data-path' (deployment) nor 'partition-id' (simulation); "
+                             "start the SuperNode with --node-config 'data-path=\"/abs/site\"'")
+    if not path.is_dir():
+        raise SiteSetupError(f"site folder {path} does not exist; check the node config 'data-path'")
+    if node_config.get("state-dir"):
+        state = Path(str(node_config["state-dir"])).expanduser()
+    elif cfg.run_dir and "partition-id" in node_config:  # simulation: server and sites share the machine
+        state = Path(cfg.run_dir) / "site-state" / path.name
+    else:
+        state = Path(os.path.expanduser("~")) / ".omnifuse" / "state" / path.name
+        log.warning("node config has no 'state-dir'; keeping this site's state (privacy ledger) in %s", state)
+    device = str(node_config.get("device", "") or cfg.device)
+    max_eps = node_config.get("max-epsilon")
+    return NodeSite(path=path.resolve(), state_dir=state, device=device,
+                    max_epsilon=float(max_eps) if max_eps not in (None, "") else None)
+
+
+def _partition_site(pid: int, data_root: str) -> Path:
+    if not data_root:
+        raise SiteSetupError("simulation node without 'data-root': set run config key 'data-root' to the folder "
+                             "holding federation.yaml")
+    fed = Path(data_root) / "federation.yaml"
+    try:
+        sites = (yaml.safe_load(fed.read_text()) or {}).get("sites")
+    except (OSError, yaml.YAMLError) as exc:
+        raise SiteSetupError(f"{fed}: cannot read ({exc}); run `omnifuse synth` or write a 'sites:' list") from exc
+    if not isinstance(sites, list) or not sites:
+        raise SiteSetupError(f"{fed}: key 'sites' must be a non-empty list of site folder names")
+    if not 0 <= pid < len(sites):
+        raise SiteSetupError(f"partition-id {pid} but {fed} lists {len(sites)} sites; set num-supernodes to "
+                             f"{len(sites)}")
+    entry = sites[pid]
+    name = entry.get("path") or entry.get("name") if isinstance(entry, dict) else entry
+    return Path(data_root) / str(name)
+
+
+# --- loading (cached per process: simulation actors and long-lived processes reuse it) -------------------------
+_CACHE: dict[tuple, Any] = {}
+
+
+def load_site_cached(path: Path, cfg: Config, stats: Optional[dict]):
+    """``omnifuse_core.data.load_site`` memoised on (path, config digest, statistics)."""
+    from omnifuse_core.data.site import load_site
+
+    key = (str(path), cfg.replace(seed=cfg.seed).digest(), json.dumps(stats, sort_keys=True, default=str))
+    if key not in _CACHE:
+        _CACHE.clear()  # one site per process
+        _CACHE[key] = load_site(path, cfg, stats=stats)
+    return _CACHE[key]
+
+
+def site_statistics(path: Path, cfg: Config) -> dict:
+    """Aggregate preprocessing statistics (sums, sums of squares, counts) of one site."""
+    from omnifuse_core.data.stats import site_stats
+
+    return site_stats(path, cfg)
+
+
+def describe(site) -> dict[str, str]:
+    """Shapes and task of a loaded site (no patient data)."""
+    return {P.SITE: site.name, P.SPECS_JSON: json.dumps([s.to_dict() for s in site.specs]),
+            P.TASK_JSON: json.dumps(site.task.to_dict()), P.FINGERPRINT: str(site.fingerprint)}
+
+
+def build_site_model(site, cfg: Config, specs_json: str, task_json: str):
+    """Build the model from the *server's* specs/task, after checking the site's own specs agree."""
+    from omnifuse_core.models import build_model
+
+    specs = [ModalitySpec.from_dict(d) for d in json.loads(specs_json)]
+    if list(site.specs) != specs:
+        raise SiteSetupError(f"site '{site.name}' has modality specs {[s.to_dict() for s in site.specs]} but the "
+                             f"federation uses {[s.to_dict() for s in specs]}; align image-size/image-channels/"
+                             f"genomics-genes in the config")
+    return build_model(specs, TaskSpec.from_dict(json.loads(task_json)), cfg)
+
+
+def run_train(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_json: str, task_json: str,
+              node: NodeSite, server_round: int, dp=None) -> tuple[dict[str, np.ndarray], dict[str, float], dict]:
+    """One round of local training (the seam where the privacy layer plugs in DP settings and ledger calls).
+
+    Args:
+        site: the loaded ``SiteData``.
+        cfg: run configuration from the server.
+        global_w: global trainable weights.
+        specs_json, task_json: the federation's model shapes (from the server).
+        node: this node's site options (device, state dir, max-epsilon).
+        server_round: the round number (offsets the local seed).
+        dp: ``omnifuse_core.trainer.DPSettings`` or None.
+
+    Returns:
+        ``(weights, metrics, info)``: trainable weights after training; numbers only (``count.*``, ``train.*``,
+        ``steps``); strings (site name and the per-epoch trace as JSON).
+    """
+    from omnifuse_core.trainer import resolve_device, train_local
+
+    if cfg.dp and dp is None:
+        raise SiteSetupError("config asks for dp: true but no DP settings were prepared for this site; refusing to "
+                             "train without the privacy layer (fail closed)")
+    device = resolve_device(node.device)
+    model = build_site_model(site, cfg, specs_json, task_json)
+    set_trainable(model, global_w)
+    prox = None
+    if cfg.strategy == "fedprox" or cfg.proximal_mu > 0:
+        prox = {n: torch.as_tensor(np.asarray(a)) for n, a in global_w.items()}
+    result = train_local(model, site.train, cfg, device=device, prox_center=prox, dp=dp, seed_offset=server_round)
+    metrics: dict[str, float] = {}
+    metrics.update(P.counts_to_metrics(result.counts))
+    metrics.update(P.prefixed(P.TRAIN_PREFIX, result.metrics))
+    metrics[P.STEPS] = int(result.steps)
+    # Only the chosen lazy combination per epoch leaves the site (the "traceable" part); the per-combination
+    # scores are sums over patients and stay local.
+    trace = {k: v for k, v in result.trace.items() if k in SHARED_TRACE_KEYS}
+    info = {P.SITE: site.name, P.TRACE_JSON: json.dumps(_jsonable(trace))}
+    return get_trainable(model), metrics, info
+
+
+def run_evaluate(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_json: str, task_json: str,
+                 node: NodeSite, split: str, prediction_mode: str = "") -> dict[str, float]:
+    """Metrics of the global model on this site's ``val`` or ``test`` split (numbers only)."""
+    from omnifuse_core.trainer import evaluate, resolve_device
+
+    if split not in ("val", "test"):
+        raise SiteSetupError(f"evaluate split must be 'val' or 'test', got {split!r}")
+    model = build_site_model(site, cfg, specs_json, task_json)
+    set_trainable(model, global_w)
+    if prediction_mode and hasattr(model, "prediction_mode"):
+        model.prediction_mode = prediction_mode
+    metrics = evaluate(model, getattr(site, split), cfg, device=resolve_device(node.device))
+    return P.prefixed("", metrics)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj if isinstance(obj, (str, int, float, bool, type(None))) else str(obj)

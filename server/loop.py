@@ -1,0 +1,114 @@
+"""The federated round loop: train -> validate -> aggregate -> evaluate (val) -> record -> checkpoint, then a final
+evaluation of the last global model on every site's test split. Resumes from ``<run-dir>/checkpoints``."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+
+from omnifuse_core import protocol as P
+from omnifuse_core.config import Config
+from omnifuse_core.metrics import headline_metric
+
+from .checkpoint import Checkpoint, load_latest, save_checkpoint
+from .run_dir import RunRecorder, weighted_global
+from .setup import exchange, initial_model
+from .strategy import OmniFuseStrategy, to_numpy, to_record
+
+log = logging.getLogger(__name__)
+TIMEOUT_S = 3600.0
+
+
+def run_federation(grid: Grid, cfg: Config, *, resume: bool = False) -> RunRecorder:
+    """Run (or continue) a federated training run and write its run directory.
+
+    Args:
+        grid: Flower's Grid of the ServerApp.
+        cfg: resolved configuration (``cfg.run_dir`` absolute).
+        resume: continue after the newest checkpoint in ``<run-dir>/checkpoints`` if there is one.
+
+    Returns:
+        The recorder (``.path`` is metrics.json).
+    """
+    rec = RunRecorder(cfg, resume=resume)
+    rec.attach_log()
+    try:
+        _run(grid, cfg, rec, resume)
+    finally:
+        rec.detach_log()
+    return rec
+
+
+def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
+    t0 = time.monotonic()
+    if cfg.strategy == "fedprox" and cfg.proximal_mu <= 0:
+        log.warning("strategy fedprox with proximal-mu = 0 is plain FedAvg; set proximal-mu > 0")
+    base = {k: v for k, v in cfg.to_flat().items()}
+    fed = exchange(grid, cfg, base, TIMEOUT_S)
+    ckpt = load_latest(rec.checkpoints) if resume else None
+    weights, shapes, groups = initial_model(cfg, fed.specs_json, fed.task_json)
+    start, mode = 1, "" if cfg.prediction == "auto" else cfg.prediction
+    strategy = OmniFuseStrategy(cfg, shapes=shapes, groups=groups, node_sites=fed.node_sites)
+    if ckpt is not None:
+        if ckpt.state.get("config_digest") != cfg.digest():
+            log.warning("resuming from a checkpoint written with a different config (digest %s, now %s)",
+                        ckpt.state.get("config_digest"), cfg.digest())
+        weights, start, mode = ckpt.weights, ckpt.round + 1, ckpt.state.get("prediction_mode", mode)
+        strategy.aggregator.load_state(ckpt.strategy_arrays, ckpt.state.get("strategy_state", {}))
+        rec.keep_rounds(ckpt.round)
+        log.info("resuming after round %d", ckpt.round)
+    base.update({P.STATS_JSON: json.dumps(fed.stats), P.SPECS_JSON: fed.specs_json, P.TASK_JSON: fed.task_json})
+    arrays = to_record(weights)
+    head = headline_metric(cfg.task)
+    for rnd in range(start, cfg.rounds + 1):
+        t_round = time.monotonic()
+        replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base)), grid),
+                                        timeout=TIMEOUT_S)
+        new_arrays, _ = strategy.aggregate_train(rnd, replies)
+        if new_arrays is None:
+            log.error("round %d: no valid site update; the global model is unchanged", rnd)
+        else:
+            arrays = new_arrays
+        glob = _evaluate(grid, strategy, rnd, arrays, base, "val", mode)
+        if cfg.prediction == "auto":
+            mode = _choose_mode(glob, head) or mode
+        for site, metrics in strategy.train_sites.items():
+            rec.record_privacy(site, {k: v for k, v in P.unprefixed(P.PRIVACY_PREFIX, metrics).items()})
+        rec.record_round({
+            "round": rnd, "global": glob, "sites": strategy.eval_sites,
+            "train": {s: {**P.unprefixed(P.TRAIN_PREFIX, m), "counts": P.metrics_to_counts(m),
+                          "steps": m.get(P.STEPS), "trace": json.loads(strategy.train_info[s].get(P.TRACE_JSON, "{}"))}
+                      for s, m in strategy.train_sites.items()},
+            "rejected": dict(strategy.rejected), "prediction_mode": mode or None,
+            "seconds": round(time.monotonic() - t_round, 2)})
+        log.info("round %d/%d: global %s = %s (%.1f s)", rnd, cfg.rounds, head, glob.get(head),
+                 time.monotonic() - t_round)
+        save_checkpoint(rec.checkpoints, Checkpoint(
+            round=rnd, weights=to_numpy(arrays), strategy_arrays=strategy.aggregator.state_arrays(),
+            state={"strategy": cfg.strategy, "strategy_state": strategy.aggregator.state_meta(),
+                   "config_digest": cfg.digest(), "specs": json.loads(fed.specs_json),
+                   "task": json.loads(fed.task_json), "groups": groups, "prediction_mode": mode},
+            stats=fed.stats))
+    glob = _evaluate(grid, strategy, cfg.rounds, arrays, base, "test", mode)
+    rec.record_final({"global": glob, "sites": strategy.eval_sites, "split": "test",
+                      "prediction_mode": mode or None, "rounds": cfg.rounds,
+                      "seconds": round(time.monotonic() - t0, 2)})
+    log.info("final test %s = %s; metrics in %s", head, glob.get(head), rec.path)
+
+
+def _evaluate(grid, strategy: OmniFuseStrategy, rnd: int, arrays, base: dict, split: str, mode: str) -> dict:
+    config = ConfigRecord({**base, P.SPLIT: split, P.PREDICTION_MODE: mode or ""})
+    replies = grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid), timeout=TIMEOUT_S)
+    strategy.aggregate_evaluate(rnd, replies)
+    return weighted_global(strategy.eval_sites) if strategy.eval_sites else {}
+
+
+def _choose_mode(glob: dict, head: str) -> str:
+    """``prediction: auto``: the mode (joint/heads/both) with the best federated validation headline metric."""
+    scored = {m: glob.get(f"{head}_{m}") for m in ("joint", "heads", "both")}
+    valid = {m: s for m, s in scored.items() if isinstance(s, float) and math.isfinite(s)}
+    return max(valid, key=valid.get) if valid else ""

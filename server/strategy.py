@@ -1,0 +1,127 @@
+"""The Flower strategy: FedAvg's node sampling and message construction, with OmniFuse's own reply validation,
+aggregation rule (``server.aggregation``) and per-site bookkeeping."""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from omnifuse_core import protocol as P
+from omnifuse_core.config import Config
+
+from .aggregation import SiteUpdate, build_aggregator
+from .run_dir import weighted_global
+from .validation import ReplyRejected, validate_arrays, validate_counts
+
+log = logging.getLogger(__name__)
+
+
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: arr.numpy() for name, arr in record.items()}
+
+
+def to_record(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in weights.items()})
+
+
+class OmniFuseStrategy(FedAvg):
+    """FedAvg's sampling + validated, modality-aware (or other ``cfg.strategy``) aggregation.
+
+    Args:
+        cfg: run configuration (strategy, min-sites, fraction-train, max-update-norm, ...).
+        shapes: ``name -> shape`` of the global model's trainable parameters.
+        groups: ``name -> parameter group`` (``enc:<m>`` / ``shared``).
+        node_sites: ``node id -> site name`` (from the describe query), used to name failed nodes.
+    """
+
+    def __init__(self, cfg: Config, *, shapes: Mapping[str, tuple], groups: Mapping[str, str],
+                 node_sites: Mapping[int, str]) -> None:
+        super().__init__(fraction_train=cfg.fraction_train, fraction_evaluate=1.0, min_train_nodes=cfg.min_sites,
+                         min_evaluate_nodes=cfg.min_sites, min_available_nodes=cfg.min_sites)
+        self.cfg = cfg
+        self.shapes = dict(shapes)
+        self.groups = dict(groups)
+        self.node_sites = dict(node_sites)
+        self.modalities = cfg.modality_list
+        self.aggregator = build_aggregator(cfg)
+        self._sent: dict[str, np.ndarray] = {}
+        self.train_sites: dict[str, dict] = {}
+        self.train_info: dict[str, dict] = {}
+        self.eval_sites: dict[str, dict] = {}
+        self.rejected: dict[str, str] = {}
+
+    def _site(self, msg: Message) -> str:
+        if msg.has_content() and P.INFO in msg.content.config_records:
+            name = msg.content.config_records[P.INFO].get(P.SITE)
+            if name:
+                return str(name)
+        node = msg.metadata.src_node_id
+        return self.node_sites.get(node, f"node-{node}")
+
+    def _reject(self, site: str, reason: str) -> None:
+        log.warning("round reply from site '%s' left out: %s", site, reason)
+        self.rejected[site] = reason
+
+    # --- train ---------------------------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._sent = to_numpy(arrays)
+        self.train_sites, self.train_info, self.rejected = {}, {}, {}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates: list[SiteUpdate] = []
+        for msg in replies:
+            site = self._site(msg)
+            if msg.has_error():
+                self._reject(site, f"site error: {msg.error.reason}")
+                continue
+            try:
+                if P.ARRAYS not in msg.content.array_records or P.METRICS not in msg.content.metric_records:
+                    raise ReplyRejected(site, "reply lacks the 'arrays' or 'metrics' record")
+                arrays = to_numpy(msg.content.array_records[P.ARRAYS])
+                validate_arrays(site, arrays, self.shapes, self._sent, self.cfg.max_update_norm)
+                metrics = dict(msg.content.metric_records[P.METRICS])
+                counts = validate_counts(site, P.metrics_to_counts(metrics), self.modalities)
+            except ReplyRejected as exc:
+                self._reject(site, exc.reason)
+                continue
+            if site in self.train_sites:
+                self._reject(site, "duplicate reply for this site in one round (second one ignored)")
+                continue
+            updates.append(SiteUpdate(site, arrays, counts))
+            self.train_sites[site] = metrics
+            self.train_info[site] = dict(msg.content.config_records[P.INFO]) if P.INFO in msg.content.config_records \
+                else {}
+        log.info("round %d: aggregating %d site update(s) with '%s'; %d left out", server_round, len(updates),
+                 self.cfg.strategy, len(self.rejected))
+        if not updates:
+            return None, None
+        new = self.aggregator.aggregate(self._sent, updates, self.groups)
+        return to_record(new), MetricRecord({"sites-accepted": len(updates), "sites-rejected": len(self.rejected)})
+
+    # --- evaluate ------------------------------------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        self.eval_sites = {}
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        for msg in replies:
+            site = self._site(msg)
+            if msg.has_error():
+                log.warning("evaluation at site '%s' failed: %s", site, msg.error.reason)
+                continue
+            if P.METRICS not in msg.content.metric_records:
+                log.warning("evaluation reply from site '%s' has no metrics record; ignored", site)
+                continue
+            self.eval_sites[site] = {k: float(v) for k, v in msg.content.metric_records[P.METRICS].items()
+                                     if isinstance(v, (int, float))}
+        if not self.eval_sites:
+            return None
+        return MetricRecord(weighted_global(self.eval_sites))
