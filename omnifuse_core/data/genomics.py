@@ -1,0 +1,129 @@
+"""Genomics: a patient x gene matrix (CSV / TSV / Parquet) aligned to one gene order shared by every site.
+
+Alignment rule (so that every site yields the same shape and gene order):
+
+1. ``genomics-genes`` in the config (comma-separated names, or a text file with one gene per line), else
+2. the gene list of the federated statistics (``combine_stats`` takes the sorted union of all sites' genes), else
+3. the site's own genes, sorted by name (local use only: other sites may differ).
+
+Genes of the list the site lacks are zero-filled after standardization (= the federated mean) and counted in the
+notes; genes not in the list are ignored and counted. With ``log1p: true`` values are transformed with
+``log(1 + x)`` first (negative values are then an error).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..batch import KIND_GENOMICS
+from .base import ModalityData, ReadContext, empty
+from .descriptor import ModalityDesc, read_table
+
+log = logging.getLogger(__name__)
+
+ORIENTATIONS = ("patient-by-gene", "gene-by-patient")
+
+
+def configured_genes(cfg, stats: dict | None, name: str) -> list[str] | None:
+    """The shared gene order (rules 1 and 2 of the module docstring), or None when neither is given."""
+    spec = str(getattr(cfg, "genomics_genes", "") or "").strip()
+    if spec:
+        path = Path(spec).expanduser()
+        if "," not in spec and path.is_file():
+            return [g.strip() for g in path.read_text().splitlines() if g.strip() and not g.startswith("#")]
+        return [g.strip() for g in spec.split(",") if g.strip()]
+    feats = (stats or {}).get("features", {}).get(name)
+    return list(feats["names"]) if feats else None
+
+
+def read_genomics(ctx: ReadContext, desc: ModalityDesc, genes: list[str] | None) -> ModalityData:
+    """Read the matrix and align it to ``genes`` (None = the site's own genes, sorted).
+
+    Args:
+        ctx: the read context.
+        desc: the modality descriptor (``table``, ``orientation``, ``log1p``).
+        genes: the shared gene order, or None.
+    """
+    n = len(ctx.cohort)
+    path = ctx.resolve_table(desc)
+    orientation = str(desc.options.get("orientation", "patient-by-gene"))
+    if orientation not in ORIENTATIONS:
+        ctx.problem(desc.name, None, "site.yaml", None, f"modalities.{desc.name}.orientation",
+                    f"orientation {orientation!r} unknown; use {' or '.join(ORIENTATIONS)}", "bad_value")
+        path = None
+    table = None
+    if path is not None:
+        try:
+            table = read_table(path, index_col=0)
+        except ValueError as exc:
+            ctx.problem(desc.name, None, ctx.rel(path), None, None, str(exc), "unreadable")
+    if table is None:
+        g = genes or []
+        return _data(desc, *empty(n, (len(g),)), g)
+    rel = ctx.rel(path)
+    by_gene = orientation == "gene-by-patient"
+    table.index = table.index.astype(str).str.strip()
+    table.columns = [str(c).strip() for c in table.columns]
+    if by_gene:
+        table = table.T
+    site_genes = list(table.columns)
+    genes = list(genes) if genes is not None else sorted(site_genes)
+    keys = ctx.table_keys(desc)
+    raw = table.apply(lambda s: s.astype(str).str.strip())
+    num = raw.apply(lambda s: pd.to_numeric(s, errors="coerce")).to_numpy(dtype=float)
+    empty_cell = (raw == "").to_numpy()
+    log1p = str(desc.options.get("log1p", False)).lower() in ("true", "1", "yes")
+    bad = (~np.isfinite(num) & ~empty_cell) | ((num < 0) & log1p)
+    seen: dict[str, int] = {}
+    row_of: dict[int, int] = {}  # cohort row -> table position
+    for pos, key in enumerate(table.index):
+        i = keys.get(key)
+        if key in seen:
+            if i is not None:
+                ctx.problem(desc.name, i, rel, None if by_gene else pos + 1, None if by_gene else table.index.name,
+                            f"patient key {key!r} appears twice in the matrix", "duplicate_id")
+            continue
+        seen[key] = pos
+        if i is not None:
+            row_of[i] = pos
+    for pos, gj in zip(*np.nonzero(bad)):
+        i = keys.get(table.index[pos])
+        if i is None:
+            continue
+        row, fld = (gj + 1, table.index[pos]) if by_gene else (pos + 1, site_genes[gj])
+        reason = (f"negative value {raw.iat[pos, gj]!r} with log1p: true" if np.isfinite(num[pos, gj])
+                  else f"value {raw.iat[pos, gj]!r} is not a finite number")
+        ctx.problem(desc.name, i, rel, int(row), fld, reason, "nan")
+    missing_keys = [k for k, i in keys.items() if i not in row_of]
+    for k in missing_keys:
+        i = keys[k]
+        if desc.ref_column in ctx.cohort.table.columns:
+            ctx.problem(desc.name, i, ctx.cohort.file, i + 1, desc.ref_column,
+                        f"key {k!r} is not in {rel}; fix the key or leave the cell empty", "missing_key")
+    if log1p:
+        with np.errstate(invalid="ignore"):
+            num = np.log1p(num)
+    col_of = {g: j for j, g in enumerate(site_genes)}
+    take = np.array([col_of.get(g, -1) for g in genes], dtype=int)
+    absent = int((take < 0).sum())
+    extra = len(set(site_genes) - set(genes))
+    if absent:
+        ctx.notes.append(f"{desc.name}: {absent} of {len(genes)} genes absent at this site (zero-filled)")
+    if extra:
+        ctx.notes.append(f"{desc.name}: {extra} gene(s) of {rel} are not in the shared gene list (ignored)")
+    values, present = empty(n, (len(genes),))
+    rows = sorted(row_of)
+    if rows:
+        block = num[[row_of[i] for i in rows]]
+        aligned = np.where(take[None, :] >= 0, block[:, np.maximum(take, 0)], np.nan)
+        values[rows] = aligned.astype(np.float32)
+        present[rows] = True
+    return _data(desc, values, present, genes)
+
+
+def _data(desc: ModalityDesc, values: np.ndarray, present: np.ndarray, genes: list[str]) -> ModalityData:
+    return ModalityData(desc.name, KIND_GENOMICS, (len(genes),), values, present, list(genes),
+                        list(range(len(genes))))
