@@ -1,0 +1,1 @@
+"""The ``omnifuse`` command line (click). Thin: every command calls into omnifuse_core, sim, server or client."""

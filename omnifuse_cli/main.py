@@ -1,0 +1,198 @@
+"""``omnifuse`` — synth, check-site, train, demo, predict, privacy-report, import-mimic.
+
+Errors are one clear sentence (exit code 2) unless ``--debug`` is given, which shows the traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from omnifuse_core.config import Config, ConfigError
+
+log = logging.getLogger("omnifuse")
+_NOISY = ("transformers", "urllib3", "filelock", "matplotlib", "PIL", "opacus", "flwr", "ray")
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+    """OmniFuse-FL: federated multimodal training with missing modalities.
+
+    \b
+    Example:
+      omnifuse demo --out runs/demo
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    setup_logging(verbose, quiet)
+
+
+def _config(config: str, overrides: tuple[str, ...]) -> Config:
+    cfg = Config.load(config)
+    if overrides:
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set local-epochs=2")
+            key, value = item.split("=", 1)
+            pairs[key.strip()] = value.strip()
+        cfg = Config.from_flat(pairs, base=cfg)
+    return cfg
+
+
+@cli.command()
+@click.option("--preset", default="demo", show_default=True, help="smoke | demo | laziness | extreme-missing")
+@click.option("--sites", type=int, default=None, help="Number of hospitals (default: the preset's).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder for the federation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing synthetic federation in --out.")
+def synth(preset: str, sites: int | None, out: Path, seed: int, overwrite: bool) -> None:
+    """Generate a synthetic federation: site folders, federation.yaml and oracle.json.
+
+    \b
+    Example:
+      omnifuse synth --preset laziness --sites 4 --out data/laziness --seed 0
+    """
+    from sim.generator import generate_federation
+    path = generate_federation(preset, sites, out, seed=seed, overwrite=overwrite)
+    click.echo(f"synthetic federation written to {path} (oracle: {path / 'oracle.json'})")
+
+
+@cli.command("check-site")
+@click.argument("site_dir", type=click.Path(path_type=Path))
+@click.option("--config", default=None, help="Config (name or YAML) whose modalities/task to check against.")
+def check_site(site_dir: Path, config: str | None) -> None:
+    """Validate one site folder; lists every problem with file, row and reason.
+
+    \b
+    Example:
+      omnifuse check-site data/demo/hospital_a
+    """
+    from omnifuse_core.data.validate import validate_site
+    report = validate_site(site_dir, Config.load(config) if config else None)
+    click.echo(report.format())
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--mode", type=click.Choice(["centralized", "local", "federated"]), required=True)
+@click.option("--config", default="smoke", show_default=True, help="Config name (configs/) or YAML file.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Federation folder or site folder.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to write.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+def train(mode: str, config: str, data: Path, out: Path, overrides: tuple[str, ...]) -> None:
+    """Train the same model and config on pooled data, per site alone, or federated (Flower simulation).
+
+    \b
+    Example:
+      omnifuse train --mode federated --config smoke --data data/smoke --out runs/smoke-fl --set rounds=3
+    """
+    cfg = _config(config, overrides)
+    run_dir = _run_mode(mode, cfg, data, out)
+    click.echo(f"run directory: {run_dir} (metrics: {run_dir / 'metrics.json'})")
+
+
+def _run_mode(mode: str, cfg: Config, data: Path, out: Path) -> Path:
+    if mode == "federated":
+        from sim.federated import run_federated
+        return Path(run_federated(cfg, data, out))
+    from sim.modes import run_centralized, run_local
+    return (run_centralized if mode == "centralized" else run_local)(cfg, data, out)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--config", default="demo", show_default=True)
+@click.option("--sites", type=int, default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mode", type=click.Choice(["federated", "centralized"]), default="federated", show_default=True)
+def demo(out: Path, config: str, sites: int, seed: int, mode: str) -> None:
+    """Synthetic hospitals + federated training + reports, with defaults.
+
+    \b
+    Example:
+      omnifuse demo --out runs/demo
+    """
+    from sim.generator import generate_federation
+    cfg = _config(config, ())
+    data = out / "data"
+    if not (data / "federation.yaml").is_file():
+        generate_federation("demo", sites, data, seed=seed)
+    run_dir = _run_mode(mode, cfg, data, out / "run")
+    click.echo(f"demo finished: run directory {run_dir.resolve()}")
+    click.echo(f"metrics: {(run_dir / 'metrics.json').resolve()}")
+    report = run_dir / "report.html"
+    if report.is_file():
+        click.echo(f"report: {report.resolve()}")
+
+
+@cli.command("privacy-report")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+def privacy_report(source: Path, fmt: str) -> None:
+    """Print the privacy-budget report of a run directory or of one site's ledger file.
+
+    \b
+    Example:
+      omnifuse privacy-report runs/demo/run
+    """
+    from omnifuse_core.privacy.report import format_report_source
+    click.echo(format_report_source(source, fmt))
+
+
+@cli.command("import-mimic")
+@click.option("--listfile", type=click.Path(path_type=Path), required=True, help="The benchmark's listfile.csv.")
+@click.option("--stays", type=click.Path(path_type=Path), required=True, help="Folder of per-stay CSV files.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Site folder to create.")
+@click.option("--site-name", default="mimic", show_default=True)
+@click.option("--task", default="binary", show_default=True)
+def import_mimic(listfile: Path, stays: Path, out: Path, site_name: str, task: str) -> None:
+    """Import the MIMIC-III benchmark (listfile + per-stay CSVs) into a site folder.
+
+    \b
+    Example:
+      omnifuse import-mimic --listfile in-hospital-mortality/train/listfile.csv \\
+          --stays in-hospital-mortality/train --out sites/mimic
+    """
+    from omnifuse_core.data.mimic_import import import_mimic_benchmark
+    path = import_mimic_benchmark(listfile, stays, out, site_name=site_name, task=task)
+    click.echo(f"site folder written to {path}; check it with: omnifuse check-site {path}")
+
+
+def main() -> None:
+    """Console entry point: run the CLI, turning expected errors into one sentence."""
+    debug = "--debug" in sys.argv
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError,
+            KeyError, OSError) as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Centralized (pooled) and local-only training on site folders, writing the same run directory as federated runs.
+
+* ``centralized`` pools every site's train split (an upper reference that needs pooled data — for comparison
+  only); it trains ``rounds × local-epochs`` epochs in ``rounds`` chunks so its curve lines up with federated rounds.
+* ``local`` trains one model per site on that site alone and evaluates it on the site's own splits.
+
+Both standardize with statistics combined from per-site sums and counts, exactly as the federation does, and
+report per-site metrics plus the sample-weighted global mean (``final.global``); centralized also reports
+``final.pooled`` (metrics on the pooled test split).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from omnifuse_core.batch import MultimodalDataset
+from omnifuse_core.config import Config
+from omnifuse_core.data.site import SiteData, load_site
+from omnifuse_core.data.stats import combine_stats, site_stats
+from omnifuse_core.models import build_model
+from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
+from omnifuse_core.weights import get_trainable
+from server.checkpoint import Checkpoint, save_checkpoint
+from server.run_dir import RunRecorder, weighted_global
+
+log = logging.getLogger(__name__)
+
+
+def site_folders(data: Path) -> list[Path]:
+    """Site folders of a federation folder (``federation.yaml``: ``sites``) or a single site folder."""
+    data = Path(data)
+    fed = data / "federation.yaml"
+    if fed.is_file():
+        try:
+            names = (yaml.safe_load(fed.read_text()) or {}).get("sites") or []
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{fed}: not valid YAML ({exc})") from exc
+        if not names:
+            raise ValueError(f"{fed}: no 'sites' listed; list the site folder names under 'sites:'")
+        return [data / str(n) for n in names]
+    if (data / "site.yaml").is_file():
+        return [data]
+    raise ValueError(f"{data}: neither a federation folder (federation.yaml) nor a site folder (site.yaml); "
+                     "create one with `omnifuse synth` or see docs/data-format.md")
+
+
+def load_sites(data: Path, cfg: Config) -> list[SiteData]:
+    """Load every site with statistics combined from per-site aggregates (no pooled raw data)."""
+    paths = site_folders(data)
+    stats = combine_stats([site_stats(p, cfg) for p in paths])
+    return [load_site(p, cfg, stats=stats) for p in paths]
+
+
+def _recorder(cfg: Config, out: Path, mode: str) -> RunRecorder:
+    cfg = cfg.replace(run_dir=str(Path(out).resolve()))
+    rec = RunRecorder(cfg)
+    rec.data["mode"] = mode
+    rec.data["strategy"] = None
+    return rec
+
+
+def _model_state(model, sites: list[SiteData], extra: dict) -> dict:
+    return {"specs": [s.to_dict() for s in model.specs], "task": model.task_spec.to_dict(),
+            "prediction_mode": getattr(model, "prediction_mode", None), "fusion": model.cfg.fusion,
+            "sites": [s.name for s in sites], **extra}
+
+
+def _site_metrics(model, sites: list[SiteData], split: str, cfg: Config, device) -> dict[str, dict]:
+    return {s.name: evaluate(model, s.splits[split], cfg, device=device) for s in sites if len(s.splits[split])}
+
+
+def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable[[int], None]] = None) -> Path:
+    """Pool all sites' training data and train one model; returns the run directory."""
+    set_seed(cfg.seed)
+    sites = load_sites(data, cfg)
+    rec = _recorder(cfg, out, "centralized")
+    rec.attach_log("train.log")
+    try:
+        device = resolve_device(cfg)
+        train = MultimodalDataset.concat([s.train for s in sites])
+        model = build_model(sites[0].specs, sites[0].task, cfg)
+        for rnd in range(1, cfg.rounds + 1):
+            start = time.perf_counter()
+            result = train_local(model, train, cfg, device=device, seed_offset=rnd)
+            val = _site_metrics(model, sites, "val", cfg, device)
+            rec.record_round({"round": rnd, "global": weighted_global(val), "sites": val,
+                              "train": {"pooled": result.metrics}, "trace": {"pooled": result.trace},
+                              "seconds": time.perf_counter() - start})
+            if progress:
+                progress(rnd)
+        pooled_val = evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg, device=device)
+        mode = choose_prediction_mode(model, pooled_val)
+        test = _site_metrics(model, sites, "test", cfg, device)
+        pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
+        rec.record_final({"global": weighted_global(test), "sites": test, "pooled": pooled, "split": "test",
+                          "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites}})
+        save_checkpoint(rec.checkpoints, Checkpoint(cfg.rounds, get_trainable(model),
+                                                    state=_model_state(model, sites, {"mode": "centralized"})))
+    finally:
+        rec.detach_log()
+    return rec.root
+
+
+def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable[[int], None]] = None) -> Path:
+    """Train one model per site on that site alone; returns the run directory."""
+    set_seed(cfg.seed)
+    sites = load_sites(data, cfg)
+    rec = _recorder(cfg, out, "local")
+    rec.attach_log("train.log")
+    try:
+        device = resolve_device(cfg)
+        models = {s.name: build_model(s.specs, s.task, cfg) for s in sites}
+        for rnd in range(1, cfg.rounds + 1):
+            start = time.perf_counter()
+            val, train_metrics = {}, {}
+            for s in sites:
+                train_metrics[s.name] = train_local(models[s.name], s.train, cfg, device=device, seed_offset=rnd).metrics
+                if len(s.val):
+                    val[s.name] = evaluate(models[s.name], s.val, cfg, device=device)
+            rec.record_round({"round": rnd, "global": weighted_global(val), "sites": val, "train": train_metrics,
+                              "seconds": time.perf_counter() - start})
+            if progress:
+                progress(rnd)
+        test, modes = {}, {}
+        for s in sites:
+            modes[s.name] = choose_prediction_mode(models[s.name], evaluate(models[s.name], s.val, cfg, device=device))
+            if len(s.test):
+                test[s.name] = evaluate(models[s.name], s.test, cfg, device=device)
+            save_checkpoint(rec.checkpoints / s.name, Checkpoint(
+                cfg.rounds, get_trainable(models[s.name]), state=_model_state(models[s.name], [s], {"mode": "local"})))
+        rec.record_final({"global": weighted_global(test), "sites": test, "split": "test",
+                          "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites}})
+    finally:
+        rec.detach_log()
+    return rec.root
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
