@@ -1,0 +1,117 @@
+"""DP-SGD wiring with Opacus: an explicit noise multiplier, Poisson sampling at q = batch_size / N.
+
+The headline accounting comes from the site's ledger (``accounting.py``), never from the engine's accountant.
+Opacus' own ``make_private(poisson_sampling=True)`` samples at ``1 / ceil(N / B)`` rather than ``B / N``; to make
+the recorded q exactly the q used, we build the Poisson :class:`~opacus.data_loader.DPDataLoader` ourselves and
+hand it to ``make_private(poisson_sampling=False)``, then attach a fresh RDP accountant stepped at that q so the
+trainer can read the steps actually taken with :func:`dp_history`.
+
+Empty-batch policy: Poisson sampling can draw an empty batch. The loader then yields zero-length tensors with
+the dataset's item shapes (built from ``dataset[0]``); the trainer must still run forward/backward and call
+``optimizer.step()``, which adds the noise (skipping the step would change the mechanism). Such steps count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+
+def check_dp_compatible(model: nn.Module) -> list[str]:
+    """Opacus validation errors for ``model`` as readable strings (empty list = compatible).
+
+    Args:
+        model: the module that DP-SGD would train.
+    """
+    from opacus.validators import ModuleValidator
+
+    return [str(err) for err in ModuleValidator.validate(model, strict=False)]
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, *, batch_size: int,
+                 noise_multiplier: float, max_grad_norm: float, seed: int | None = None,
+                 grad_sample_mode: str = "hooks") -> tuple[nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader]:
+    """Wrap model, optimizer and data for DP-SGD with Opacus' ``PrivacyEngine.make_private``.
+
+    Args:
+        model: module to train; must pass :func:`check_dp_compatible` (use GroupNorm, DPLSTM/DPGRU, ...).
+        optimizer: optimizer over ``model``'s parameters.
+        dataset: a map-style dataset whose items are flat tuples of tensors (e.g. ``MultimodalDataset``).
+        batch_size: expected batch size B; the Poisson sampling rate is ``q = B / len(dataset)``.
+        noise_multiplier: sigma, calibrated once for the planned schedule (never per round).
+        max_grad_norm: per-sample clipping norm C.
+        seed: seeds the sampling and noise generators (reproducible runs); None = fresh entropy.
+        grad_sample_mode: Opacus per-sample-gradient mode (``"hooks"`` or ``"functorch"``).
+
+    Returns:
+        ``(dp_model, dp_optimizer, dp_loader)``; ``dp_loader.sample_rate`` is q and ``len(dp_loader)`` the number
+        of steps of one pass. Read the steps taken with :func:`dp_history`.
+    """
+    from opacus import PrivacyEngine
+    from opacus.accountants import RDPAccountant
+    from opacus.data_loader import DPDataLoader
+
+    n = len(dataset)
+    if n < 1:
+        raise ValueError("cannot train with DP on an empty dataset")
+    if int(batch_size) != batch_size or not (1 <= batch_size <= n):
+        raise ValueError(f"batch_size must be a whole number in [1, {n}] (dataset size), got {batch_size!r}")
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise ValueError(f"noise_multiplier must be > 0, got {noise_multiplier!r}; calibrate it with "
+                         "calibrate_noise_multiplier() or set config key noise-multiplier")
+    if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r} (config key max-grad-norm)")
+    problems = check_dp_compatible(model)
+    if problems:
+        raise ValueError("model is not DP-compatible (build it with dp-compatible: true):\n  " + "\n  ".join(problems))
+    sample_rate = batch_size / n
+    gen = noise_gen = None
+    if seed is not None:
+        gen = torch.Generator().manual_seed(int(seed))
+        noise_gen = torch.Generator(device=_param_device(model)).manual_seed(int(seed) + 1)
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=gen)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp")  # its accountant is not used for any reported number
+    dp_model, dp_optimizer, dp_loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=float(noise_multiplier),
+        max_grad_norm=float(max_grad_norm), poisson_sampling=False, noise_generator=noise_gen,
+        grad_sample_mode=grad_sample_mode)
+    dp_model.forbid_grad_accumulation()  # one optimizer step per Poisson batch (what the accountant assumes)
+    dp_optimizer.expected_batch_size = int(batch_size)  # gradient scale 1/B (Opacus would use N / ceil(N / B))
+    counter = RDPAccountant()
+    dp_optimizer.attach_step_hook(counter.get_optimizer_hook_fn(sample_rate=sample_rate))
+    dp_optimizer.omnifuse_accountant = counter
+    log.info("DP-SGD: N=%d B=%d q=%.5f sigma=%.4f C=%.3g, %d steps per pass", n, batch_size, sample_rate,
+             noise_multiplier, max_grad_norm, len(dp_loader))
+    return dp_model, dp_optimizer, dp_loader
+
+
+def dp_history(dp_optimizer: torch.optim.Optimizer) -> list[tuple[float, float, int]]:
+    """``[(noise_multiplier, sample_rate, steps)]`` of the steps this optimizer actually took (noise added)."""
+    acc = getattr(dp_optimizer, "omnifuse_accountant", None)
+    if acc is None:
+        raise ValueError("optimizer was not built by omnifuse_core.privacy.dpsgd.make_private")
+    return [(float(s), float(q), int(k)) for s, q, k in acc.history]
+
+
+def steps_taken(dp_optimizer: torch.optim.Optimizer) -> int:
+    """Number of noisy DP-SGD steps taken so far (empty batches included)."""
+    return sum(k for _, _, k in dp_history(dp_optimizer))
+
+
+def is_empty_batch(collated: tuple | list) -> bool:
+    """True when a collated Poisson batch holds zero samples (the step must still be taken)."""
+    return len(collated) > 0 and int(collated[0].shape[0]) == 0
+
+
+def _param_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

@@ -1,0 +1,127 @@
+"""Report-noisy-max: the DP selection of TLA's laziest modality combination (DESIGN §4.4).
+
+Scores are per-candidate **sums** of per-sample distances clipped to ``[0, 1]``, each sample contributing only
+to the candidates its present set contains. Under add/remove-one adjacency, adding a patient raises every
+score by a value in ``[0, 1]`` (and removing one lowers every score), so the scores are *monotone* with
+sensitivity 1. For monotone scores, argmax of ``score + Laplace(b)`` is ``(1/b)``-DP (Dwork & Roth, Claim 3.9);
+for scores that may move in opposite directions it is ``(2/b)``-DP. The same bounds hold with Gumbel noise
+(argmax of ``score + Gumbel(b)`` is the exponential mechanism with ``exp(score / b)``). See docs/privacy.md.
+
+The per-sample distances must be computed with the current (already DP-trained) model: it is a post-processing
+of earlier DP-SGD releases, so the selection composes adaptively with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+NOISES = ("laplace", "gumbel")
+
+
+def combination_scores(distances: torch.Tensor | np.ndarray, eligible: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Sum per-sample distances clipped to ``[0, 1]`` per candidate, counting only eligible samples.
+
+    Args:
+        distances: ``[N, K]`` per-sample distance (e.g. CE or ``1 - p_y``) for each of K candidates.
+        eligible: ``[N, K]`` bool; True where the sample's present set contains the candidate combination.
+
+    Returns:
+        ``[K]`` float64 scores with sensitivity 1 and monotone under add/remove-one.
+    """
+    d = torch.as_tensor(distances).detach().cpu().double()
+    e = torch.as_tensor(eligible).detach().cpu().bool()
+    if d.ndim != 2 or d.shape != e.shape:
+        raise ValueError(f"distances {tuple(d.shape)} and eligible {tuple(e.shape)} must both be [N, K]")
+    d = torch.nan_to_num(d, nan=1.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+    return (d * e).sum(dim=0).numpy()
+
+
+def _noise(k: int, scale: float, noise: str, generator: np.random.Generator | torch.Generator | None) -> np.ndarray:
+    if isinstance(generator, torch.Generator):
+        u = torch.rand(k, generator=generator, dtype=torch.float64).numpy()
+        u = np.clip(u, 1e-300, 1 - 1e-16)
+        if noise == "laplace":  # inverse CDF of Laplace(0, scale)
+            v = u - 0.5
+            return -scale * np.sign(v) * np.log1p(-2 * np.abs(v))
+        return -scale * np.log(-np.log(u))
+    rng = generator if generator is not None else np.random.default_rng()
+    return rng.laplace(0.0, scale, size=k) if noise == "laplace" else rng.gumbel(0.0, scale, size=k)
+
+
+def report_noisy_max(scores: np.ndarray | torch.Tensor, scale: float,
+                     generator: np.random.Generator | torch.Generator | None = None, *,
+                     noise: str = "laplace") -> int:
+    """Index of the largest score after adding independent noise of the given scale to each score.
+
+    Args:
+        scores: ``[K]`` per-candidate sums of per-sample distances clipped to ``[0, 1]`` (see
+            :func:`combination_scores`); must be finite and >= 0.
+        scale: noise scale b > 0 (Laplace scale or Gumbel scale). Each call costs ``1/b`` (monotone scores).
+        generator: numpy ``Generator`` or torch ``Generator`` (seeded for reproducibility); None = fresh entropy.
+        noise: ``"laplace"`` or ``"gumbel"``.
+
+    Returns:
+        The selected index.
+    """
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"noisy-max scale must be a finite number > 0, got {scale!r} (config key tla-noise-scale)")
+    s = torch.as_tensor(scores).detach().cpu().double().numpy() if isinstance(scores, torch.Tensor) \
+        else np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"scores must be a non-empty 1-D array, got shape {s.shape}")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError("scores must be finite and >= 0 (sums of distances clipped to [0, 1]); "
+                         "build them with combination_scores()")
+    return int(np.argmax(s + _noise(s.size, float(scale), noise, generator)))
+
+
+def noisy_max_epsilon(scale: float, sensitivity: float = 1.0, monotone: bool = True) -> float:
+    """Pure epsilon of one report-noisy-max selection: ``sensitivity / scale`` (monotone) else twice that."""
+    if not (scale > 0 and sensitivity > 0):
+        raise ValueError(f"scale and sensitivity must be > 0, got scale={scale!r} sensitivity={sensitivity!r}")
+    return (1.0 if monotone else 2.0) * float(sensitivity) / float(scale)
+
+
+def noisy_max_event(scale: float, *, sensitivity: float = 1.0, count: int = 1, monotone: bool = True,
+                    noise: str = "laplace", round: int | None = None, run_id: str | None = None) -> dict:
+    """The ledger event for ``count`` report-noisy-max selections at one scale.
+
+    Args:
+        scale: noise scale b.
+        sensitivity: per-patient change of each score (1 for clipped distances).
+        count: number of selections (e.g. one per local epoch).
+        monotone: True when all scores move in the same direction when a patient is added/removed.
+        noise: ``"laplace"`` or ``"gumbel"`` (the event ``type``).
+        round: federated round the selections belong to.
+        run_id: run identifier.
+
+    Returns:
+        ``{"type", "scale", "sensitivity", "count", "monotone", "epsilon0", "round", "run_id", "time"}``.
+    """
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    if int(count) != count or count < 1:
+        raise ValueError(f"noisy-max count must be a whole number >= 1, got {count!r}")
+    return {"type": noise, "scale": float(scale), "sensitivity": float(sensitivity), "count": int(count),
+            "monotone": bool(monotone), "epsilon0": noisy_max_epsilon(scale, sensitivity, monotone),
+            "round": round, "run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def pure_events_from(events: list[dict]) -> list[tuple[float, int]]:
+    """``(epsilon0, count)`` pairs for accounting, recomputed from each event's scale/sensitivity/monotone."""
+    out = []
+    for i, ev in enumerate(events):
+        if ev.get("type") not in NOISES:
+            raise ValueError(f"privacy event {i} has type {ev.get('type')!r}; only {NOISES} are pure-DP events")
+        out.append((noisy_max_epsilon(ev["scale"], ev.get("sensitivity", 1.0), ev.get("monotone", False)),
+                    int(ev.get("count", 1))))
+    return out
