@@ -27,9 +27,10 @@ from sim.genomics import GenePanel, make_panel, render_expression, write_express
 from sim.images import render_images, write_images
 from sim.latent import PHENO_NAMES
 from sim.oracle import compute_oracle
-from sim.presets import MODALITIES, SCANNERS, Preset, get_preset
+from sim.presets import MODALITIES, PRESETS, SCANNERS, Preset, get_preset, list_presets
 from sim.text import render_reports, write_reports
 
+__all__ = ["generate_federation", "PRESETS", "list_presets"]
 log = logging.getLogger(__name__)
 
 LABELS = {"binary": ["mortality"], "multiclass": ["subtype"], "num-classes": 3, "multilabel": PHENO_NAMES,
