@@ -123,3 +123,16 @@ def test_each_term_can_be_switched_off(flag):
         assert key not in result.metrics
     else:
         assert result.metrics["omega_mean"] == 1.0
+
+
+def test_site_diagnostics_are_aggregates(trained):
+    from omnifuse_core.diagnostics import embedding_map, site_diagnostics
+    model, ds, cfg, _ = trained
+    diag = site_diagnostics(model, ds, cfg)
+    for name in model.names:
+        assert sum(diag[f"omega_hist/{name}/{b}"] for b in range(10)) == len(ds)
+        if diag[f"impute_n/{name}"]:
+            assert -1.0 <= diag[f"impute_cos/{name}"] <= 1.0
+    assert sum(diag[f"impute_n/{n}"] for n in model.names) > 0
+    emb = embedding_map(model, ds, cfg)
+    assert emb["real"].shape == emb["imputed"].shape and emb["real"].shape[1] == 2
