@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import omnifuse_core.models.baselines as baselines
 import omnifuse_core.models.healnet as healnet
@@ -22,7 +24,8 @@ PRESENT = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1], 
 
 def task_spec(kind: str) -> TaskSpec:
     return {"binary": TaskSpec("binary", 1), "multiclass": TaskSpec("multiclass", 3),
-            "multilabel": TaskSpec("multilabel", 2), "survival": TaskSpec("survival", 4, bin_edges=(1.0, 2.0, 3.0))}[kind]
+            "multilabel": TaskSpec("multilabel", 2),
+            "survival": TaskSpec("survival", 4, bin_edges=(1.0, 2.0, 3.0))}[kind]
 
 
 def make_cfg(**kw) -> Config:
@@ -102,6 +105,26 @@ def test_missing_modality_input_is_ignored(fusion, kind):
         p2 = model.predict_proba(moved, batch["present"])
     assert torch.equal(p0, p1)
     assert not torch.allclose(p0[0], p2[0])
+
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(fusion=st.sampled_from(FUSION_NAMES), bits=st.lists(st.booleans(), min_size=B * 4, max_size=B * 4),
+       seed=st.integers(0, 2**16))
+def test_property_missing_inputs_never_matter(fusion, bits, seed):
+    """Any missing pattern: overwriting every missing slot with arbitrary values leaves the prediction unchanged."""
+    if fusion not in _MODELS:
+        _MODELS[fusion] = make_model(fusion, "multilabel").eval()
+    model = _MODELS[fusion]
+    present = torch.tensor(bits).view(B, 4)
+    batch = make_batch("multilabel", seed=seed, present=present)
+    g = torch.Generator().manual_seed(seed)
+    junk = {k: torch.where(present[:, i].view(-1, *[1] * (v.dim() - 1)), v, torch.randn(v.shape, generator=g) * 30)
+            for i, (k, v) in enumerate(batch["inputs"].items())}
+    with torch.no_grad():
+        assert torch.equal(model.predict_proba(batch["inputs"], present), model.predict_proba(junk, present))
 
 
 @pytest.mark.parametrize("fusion", FUSION_NAMES)
