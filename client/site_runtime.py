@@ -98,15 +98,17 @@ def _partition_site(pid: int, data_root: str) -> Path:
 
 # --- loading (cached per process: simulation actors and long-lived processes reuse it) -------------------------
 _CACHE: dict[tuple, Any] = {}
+_CACHE_SIZE = 4
 
 
 def load_site_cached(path: Path, cfg: Config, stats: Optional[dict]):
-    """``omnifuse_core.data.load_site`` memoised on (path, config digest, statistics)."""
+    """``omnifuse_core.data.site.load_site`` memoised on (path, config digest, statistics), a few sites deep."""
     from omnifuse_core.data.site import load_site
 
-    key = (str(path), cfg.replace(seed=cfg.seed).digest(), json.dumps(stats, sort_keys=True, default=str))
+    key = (str(path), cfg.digest(), json.dumps(stats, sort_keys=True, default=str))
     if key not in _CACHE:
-        _CACHE.clear()  # one site per process
+        while len(_CACHE) >= _CACHE_SIZE:  # a simulation worker may serve several sites
+            _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = load_site(path, cfg, stats=stats)
     return _CACHE[key]
 

@@ -25,6 +25,7 @@ from omnifuse_core.metrics import headline_metric
 from omnifuse_core.protocol import json_safe
 
 log = logging.getLogger(__name__)
+_QUIET = ("httpx", "httpcore")  # per-request HTTP lines of Flower's transport
 
 
 def weighted_global(sites: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -77,6 +78,8 @@ class RunRecorder:
         """Copy every log record of this process into ``logs/<name>`` for the duration of the run."""
         self._handler = logging.FileHandler(self.root / "logs" / name)
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._handler.setLevel(logging.INFO)
+        self._handler.addFilter(lambda record: not record.name.startswith(_QUIET))
         root = logging.getLogger()
         root.addHandler(self._handler)
         if root.level > logging.INFO or root.level == logging.NOTSET:

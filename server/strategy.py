@@ -98,6 +98,7 @@ class OmniFuseStrategy(FedAvg):
             self.train_sites[site] = metrics
             self.train_info[site] = dict(msg.content.config_records[P.INFO]) if P.INFO in msg.content.config_records \
                 else {}
+        self.train_sites = dict(sorted(self.train_sites.items()))
         log.info("round %d: aggregating %d site update(s) with '%s'; %d left out", server_round, len(updates),
                  self.cfg.strategy, len(self.rejected))
         if not updates:
@@ -120,8 +121,10 @@ class OmniFuseStrategy(FedAvg):
             if P.METRICS not in msg.content.metric_records:
                 log.warning("evaluation reply from site '%s' has no metrics record; ignored", site)
                 continue
-            self.eval_sites[site] = {k: float(v) for k, v in msg.content.metric_records[P.METRICS].items()
+            self.eval_sites[site] = {k: (int(v) if k == P.COUNT_N else float(v))
+                                     for k, v in msg.content.metric_records[P.METRICS].items()
                                      if isinstance(v, (int, float))}
+        self.eval_sites = dict(sorted(self.eval_sites.items()))
         if not self.eval_sites:
             return None
         return MetricRecord(weighted_global(self.eval_sites))

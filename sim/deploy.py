@@ -1,0 +1,218 @@
+"""Run Flower's real processes on 127.0.0.1: a SuperLink (deployment or simulation runtime), one SuperNode per
+site, and ``flwr run``; everything started here is stopped here (by process group).
+
+Used by ``sim.federated`` (simulation SuperLink), by the deployment integration test, and as a recipe for
+``docs/deployment.md``. Every process gets the same isolated environment: its own ``FLWR_HOME``, telemetry and
+update checks off, runtime dependency installation off, ``RAY_TMPDIR``/``UV_CACHE_DIR`` inside the work folder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).resolve().parent.parent  # the Flower app: holds pyproject.toml
+BIN = Path(sys.executable).parent
+CONNECTION = "omnifuse"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(work: Path) -> dict[str, str]:
+    """Environment for every Flower process: isolated FLWR_HOME, no telemetry, no runtime installs."""
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(work / "flwr_home"), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_TMPDIR": str(work / "ray"),
+        "UV_CACHE_DIR": str(work / "uv_cache"), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
+    })
+    for key in ("FLWR_HOME", "RAY_TMPDIR", "UV_CACHE_DIR"):
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+@dataclass
+class Processes:
+    """Processes started here (each in its own process group) and their log files."""
+
+    work: Path
+    env: dict[str, str]
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
+        logf = open(self.work / f"{name}.log", "wb")
+        proc = subprocess.Popen(list(argv), env=dict(env or self.env), stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(self.work))
+        logf.close()
+        self.procs.append((name, proc))
+        log.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited early with code {proc.returncode}; see {self.work / name}.log:\n"
+                                   + tail(self.work / f"{name}.log"))
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        """SIGTERM each process group, then SIGKILL what is left after ``grace`` seconds (reverse start order)."""
+        for name, proc in reversed(self.procs):
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored SIGTERM; killing its process group", name, proc.pid)
+            _signal_group(proc, signal.SIGKILL)  # also reaps grandchildren left in the group
+            proc.wait(timeout=10)
+        self.procs.clear()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def wait_port(port: int, timeout: float, procs: Processes) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def write_connection(env: Mapping[str, str], port: int, *, root_cert: Optional[Path] = None) -> None:
+    """``$FLWR_HOME/config.toml`` with one SuperLink connection named ``omnifuse``."""
+    lines = [f"[superlink.{CONNECTION}]", f'address = "127.0.0.1:{port}"']
+    lines += [f'root-certificates = "{root_cert}"'] if root_cert else ["insecure = true"]
+    cfg = Path(env["FLWR_HOME"]) / "config.toml"
+    cfg.write_text("[superlink]\n" + f'default = "{CONNECTION}"\n\n' + "\n".join(lines) + "\n")
+
+
+def start_superlink(procs: Processes, *, simulation: bool, tls: Optional[Mapping[str, Path]] = None) -> int:
+    """Start ``flower-superlink`` on a free loopback port and return it.
+
+    Flower 1.41 serves the Fleet, Control and Runtime APIs over HTTP on one ``--host``/``--port`` (the older
+    ``--control-api-address``/``--fleet-api-address`` flags are deprecated).
+    """
+    port = free_port()
+    argv = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(port), "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation", "--database", str(procs.work / "superlink.db")]
+    if tls:
+        argv += ["--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
+                 "--ssl-keyfile", str(tls["key"])]
+    else:
+        argv += ["--insecure"]
+    if simulation:
+        argv.append("--simulation")
+    procs.start("superlink", argv)
+    wait_port(port, 60, procs)
+    return port
+
+
+def start_supernode(procs: Processes, name: str, superlink_port: int, node_config: Mapping[str, object], *,
+                    root_cert: Optional[Path] = None) -> None:
+    """One ``flower-supernode`` with its own FLWR_HOME and node config (strings get inner double quotes)."""
+    env = dict(procs.env)
+    env["FLWR_HOME"] = str(procs.work / f"flwr_home_{name}")
+    Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = " ".join(f'{k}="{v}"' if isinstance(v, (str, Path)) else f"{k}={v}" for k, v in node_config.items())
+    argv = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{superlink_port}", "--host", "127.0.0.1",
+            "--port", str(port), "--isolation", "subprocess", "--node-config", conf]
+    argv += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
+    procs.start(f"supernode_{name}", argv, env)
+
+
+def flwr_run(procs: Processes, run_config: Mapping[str, object], *, federation_config: str = "",
+             timeout: float = 3600, app_dir: Path = APP_DIR) -> str:
+    """``flwr run <app> omnifuse --stream`` until the run ends; returns the streamed log.
+
+    Raises:
+        RuntimeError: ``flwr run`` failed (its output is included).
+        TimeoutError: the run did not finish within ``timeout`` seconds.
+    """
+    rc = " ".join(f"{k}={json.dumps(v) if isinstance(v, (str, Path)) else str(v).lower() if isinstance(v, bool) else v}"
+                  for k, v in run_config.items())
+    argv = [str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--run-config", rc, "--stream"]
+    if federation_config:
+        argv += ["--federation-config", federation_config]
+    log.info("flwr run: %s", " ".join(argv))
+    logf = procs.work / "flwr_run.log"
+    with open(logf, "wb") as out:
+        proc = subprocess.Popen(argv, env=procs.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=str(procs.work))
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+            raise TimeoutError(f"flwr run did not finish within {timeout:.0f} s; see {logf}") from None
+    text = logf.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"flwr run failed with code {proc.returncode}:\n{text[-4000:]}")
+    return text
+
+
+@contextmanager
+def flower_processes(work: Path) -> Iterator[Processes]:
+    """A :class:`Processes` whose every process is stopped on exit, whatever happens."""
+    work.mkdir(parents=True, exist_ok=True)
+    procs = Processes(work=work, env=flower_env(work))
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def run_deployment(sites: Sequence[Path], run_config: Mapping[str, object], work: Path, *,
+                   state_root: Optional[Path] = None, timeout: float = 3600) -> str:
+    """Loopback deployment: SuperLink + one SuperNode per site + ``flwr run``; stops everything afterwards.
+
+    Args:
+        sites: site folders (one SuperNode each, node config ``data-path``/``state-dir``).
+        run_config: run config overrides (``run-dir`` must be absolute; ``min-sites`` should be ``len(sites)``).
+        work: folder for FLWR_HOMEs, logs and the SuperLink database.
+        state_root: parent of each site's ``state-dir`` (default ``work/state``).
+        timeout: seconds allowed for the run.
+
+    Returns:
+        The streamed ``flwr run`` log.
+    """
+    state_root = state_root or work / "state"
+    with flower_processes(work) as procs:
+        port = start_superlink(procs, simulation=False)
+        for site in sites:
+            start_supernode(procs, site.name, port,
+                            {"data-path": str(Path(site).resolve()), "state-dir": str(state_root / site.name)})
+        write_connection(procs.env, port)
+        return flwr_run(procs, run_config, timeout=timeout)

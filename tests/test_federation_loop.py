@@ -1,0 +1,162 @@
+"""The ServerApp round loop against the real ClientApp, in-process (a Grid that delivers messages directly):
+run directory contents, resume from a checkpoint, rejection of a bad reply, and exactly what leaves a site."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import pytest
+from flwr.app import Array, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid
+
+from client.app import app as client_app
+from omnifuse_core import protocol as P
+from omnifuse_core.config import Config
+from server.loop import run_federation
+
+pytestmark = pytest.mark.slow
+
+
+class InProcessGrid(Grid):
+    """Delivers each message straight to the ClientApp of a virtual node (partition-id = index)."""
+
+    def __init__(self, n: int, tamper: Optional[Callable[[int, Message], None]] = None) -> None:
+        self.nodes = {100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i, "num-partitions": n},
+                                       state=RecordDict(), run_config={}) for i in range(n)}
+        self.tamper = tamper
+
+    def set_run(self, run) -> None:
+        pass
+
+    @property
+    def run(self):
+        return None
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            reply = client_app(msg, self.nodes[msg.metadata.dst_node_id])
+            if self.tamper is not None:
+                self.tamper(msg.metadata.dst_node_id, reply)
+            replies.append(reply)
+        return replies
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages created outside a Flower runtime need a task identity (as Flower's own run_simulation sets)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory) -> Path:
+    from sim.generator import generate_federation
+
+    return generate_federation("smoke", 3, tmp_path_factory.mktemp("fed") / "data", seed=0)
+
+
+def _cfg(root: Path, run_dir: Path, **kw) -> Config:
+    return Config.load("smoke").replace(data_root=str(root), run_dir=str(run_dir), min_sites=3, **kw)
+
+
+def test_loop_writes_run_dir_and_resumes(smoke_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_federation(InProcessGrid(3), _cfg(smoke_root, run_dir, rounds=1))
+    first = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in first["rounds"]] == [1]
+    assert set(first["rounds"][0]["sites"]) == {"hospital_a", "hospital_b", "hospital_c"}
+    assert first["final"]["global"]["n"] == sum(s["n"] for s in first["final"]["sites"].values()) > 0
+    assert (run_dir / "checkpoints" / "round-0001.safetensors").exists()
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["round"] == 1
+    assert (run_dir / "config.yaml").exists() and (run_dir / "logs" / "server.log").stat().st_size > 0
+
+    run_federation(InProcessGrid(3), _cfg(smoke_root, run_dir, rounds=2), resume=True)
+    second = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in second["rounds"]] == [1, 2]
+    assert second["rounds"][0] == first["rounds"][0]  # round 1 was not re-run
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["round"] == 2
+    counts = second["rounds"][1]["train"]["hospital_c"]["counts"]
+    assert counts["n"] >= counts["any"] >= counts["ehr"] and counts["genomics"] == 0  # hospital_c has no genomics
+
+
+def test_nan_reply_is_rejected_and_left_out(smoke_root, tmp_path):
+    def poison(node: int, reply: Message) -> None:
+        if node == 101 and reply.metadata.message_type == "train" and reply.has_content():
+            arrays = reply.content.array_records[P.ARRAYS]
+            name = next(iter(arrays))
+            bad = arrays[name].numpy().copy()
+            bad.flat[0] = np.nan
+            arrays[name] = Array(bad)
+
+    run_dir = tmp_path / "run"
+    run_federation(InProcessGrid(3, poison), _cfg(smoke_root, run_dir, rounds=1))
+    rnd = json.loads((run_dir / "metrics.json").read_text())["rounds"][0]
+    assert list(rnd["rejected"]) == ["hospital_b"] and "non-finite" in rnd["rejected"]["hospital_b"]
+    assert set(rnd["train"]) == {"hospital_a", "hospital_c"}
+    assert "hospital_b" in (run_dir / "logs" / "server.log").read_text()
+
+
+def test_only_weights_counts_and_metrics_leave_a_site(smoke_root, tmp_path):
+    from client import site_runtime as rt
+    from omnifuse_core.models import build_model
+    from omnifuse_core.batch import ModalitySpec, TaskSpec
+    from omnifuse_core.trainer import set_seed
+    from omnifuse_core.weights import get_trainable
+
+    cfg = _cfg(smoke_root, tmp_path / "run")
+    grid = InProcessGrid(3)
+    node = grid.nodes[100]
+    base = {**cfg.to_flat()}
+    describe = client_app(Message(RecordDict({P.CONFIG: ConfigRecord(base)}), dst_node_id=100,
+                                  message_type=P.QUERY_DESCRIBE), node)
+    info = dict(describe.content.config_records[P.INFO])
+    set_seed(0)
+    model = build_model([ModalitySpec.from_dict(d) for d in json.loads(info[P.SPECS_JSON])],
+                        TaskSpec.from_dict(json.loads(info[P.TASK_JSON])), cfg)
+    weights = get_trainable(model)
+    config = ConfigRecord({**base, P.SPECS_JSON: info[P.SPECS_JSON], P.TASK_JSON: info[P.TASK_JSON],
+                           P.SERVER_ROUND: 1})
+    from server.strategy import to_record
+    reply = client_app(Message(RecordDict({P.ARRAYS: to_record(weights), P.CONFIG: config}), dst_node_id=100,
+                               message_type=P.TRAIN), node)
+    assert not reply.has_error()
+    content = reply.content
+    assert set(content.array_records) == {P.ARRAYS} and set(content.metric_records) == {P.METRICS}
+    assert set(content.config_records) == {P.INFO}
+    # arrays: exactly the trainable parameters, same shapes, float32
+    arrays = content.array_records[P.ARRAYS]
+    assert list(arrays) == list(weights)
+    assert all(arrays[n].numpy().shape == w.shape and arrays[n].numpy().dtype == np.float32 for n, w in weights.items())
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert not set(frozen) & set(arrays)
+    # metrics: counts, training losses and the step count only
+    metrics = dict(content.metric_records[P.METRICS])
+    assert all(k.startswith(P.TRAIN_METRIC_PREFIXES) or k == P.STEPS for k in metrics)
+    assert set(P.metrics_to_counts(metrics)) == set(cfg.modality_list) | {"any", "n"}
+    # info: the site name and the lazy-combination trace, no patient identifiers
+    info_out = dict(content.config_records[P.INFO])
+    assert set(info_out) == {P.SITE, P.TRACE_JSON}
+    assert set(json.loads(info_out[P.TRACE_JSON])) <= set(rt.SHARED_TRACE_KEYS)
+    site = rt.load_site_cached(rt.resolve_node_site(node.node_config, cfg).path, cfg, None)
+    text = json.dumps(info_out) + json.dumps(metrics)
+    leaked = [pid for pid in site.train.patient_ids + site.val.patient_ids if pid in text]
+    assert not leaked
