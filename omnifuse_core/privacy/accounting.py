@@ -16,6 +16,7 @@ Pure-DP events (report-noisy-max selections, see :mod:`omnifuse_core.privacy.noi
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import math
@@ -165,11 +166,16 @@ def epsilon_from_history(history: Sequence[Sequence[float]], delta: float, accou
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     _check_delta(delta)
+    return _epsilon_cached(tuple(normalize_history(history)), float(delta), accountant,
+                           tuple(normalize_pure(pure_events)))
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon_cached(hist: tuple, delta: float, accountant: str, pure: tuple) -> float:
     if accountant == "rdp":
-        return rdp_details(history, delta, pure_events)[0]
+        return rdp_details(hist, delta, pure)[0]
     from opacus.accountants import PRVAccountant
 
-    hist, pure = normalize_history(history), normalize_pure(pure_events)
     eps = 0.0
     if hist:
         acc = PRVAccountant()

@@ -113,8 +113,10 @@ class SiteBudget:
                               run_id=run_id)]
         for ev in extra_events:
             ev = dict(ev)
-            ev.setdefault("round", round)
-            ev.setdefault("run_id", run_id)
+            if ev.get("round") is None:
+                ev["round"] = round
+            if ev.get("run_id") is None:
+                ev["run_id"] = run_id
             events.append(ev)
         for ev in events:
             self.ledger.append(ev)
