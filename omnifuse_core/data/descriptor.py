@@ -1,6 +1,7 @@
 """The site descriptor (``site.yaml``), safe path resolution inside a site folder and table reading."""
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -148,12 +149,17 @@ def safe_path(site_dir: Path, ref: str) -> tuple[Path | None, str | None]:
         return None, f"absolute path {ref!r} is not allowed; give a path relative to the site folder"
     if ".." in re.split(r"[\\/]", ref):
         return None, f"path {ref!r} escapes the site folder ('..'); keep every file inside the site folder"
-    root = site_dir.resolve()
+    root = _resolved(site_dir)
     full = (site_dir / p)
     resolved = full.resolve()
     if resolved != root and root not in resolved.parents:
         return None, f"path {ref!r} points outside the site folder (symlink to {resolved}); copy the file inside"
     return full, None
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: Path) -> Path:
+    return path.resolve()
 
 
 def read_table(path: Path, *, strings: bool = True, index_col: int | None = None) -> pd.DataFrame:

@@ -7,6 +7,7 @@ masks mark steps with a real observation. Continuous columns are standardized la
 """
 from __future__ import annotations
 
+import csv
 import logging
 
 import numpy as np
@@ -54,38 +55,55 @@ def read_ehr_stays(ctx: ReadContext, desc: ModalityDesc) -> ModalityData:
         ctx.problem(desc.name, None, "site.yaml", None, f"modalities.{desc.name}.format",
                     f"format {desc.options.get('format')!r} unknown; use mimic-csv", "bad_value")
         return _result(desc, *empty(n, (t, S.FEATURES_PER_STEP)))
-    frames, rows = [], []
+    cells: dict[str, list] = {k: [] for k in ("patient", "time", "variable", "value", "row", "file")}
+    rows = []
     for i, ref in ctx.references(desc):
         path = ctx.resolve_file(desc, i, ref)
         if path is None:
             continue
         try:
-            df = read_table(path)
-        except ValueError as exc:
-            ctx.problem(desc.name, i, ref, None, None, str(exc), "unreadable")
+            with path.open(newline="", encoding="utf-8") as fh:
+                table = list(csv.reader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            ctx.problem(desc.name, i, ref, None, None, f"cannot read as CSV ({exc})", "unreadable")
             continue
-        unknown = [c for c in df.columns if c not in S.CSV_COLUMNS]
+        header = [h.strip() for h in table[0]] if table else []
+        unknown = [c for c in header if c not in S.CSV_COLUMNS]
         for c in unknown:
             ctx.problem(desc.name, i, ref, None, c, f"unknown column '{c}'; a per-stay CSV has 'Hours' and the 17 "
                         "benchmark variables", "unknown_column")
-        if S.TIME_COLUMN not in df.columns:
+        if S.TIME_COLUMN not in header:
             ctx.problem(desc.name, i, ref, None, S.TIME_COLUMN, "no 'Hours' column", "missing_column")
             continue
         if unknown:
             continue
-        hours = pd.to_numeric(df[S.TIME_COLUMN], errors="coerce")
-        for r in np.flatnonzero(~np.isfinite(hours.to_numpy(dtype=float))):
-            ctx.problem(desc.name, i, ref, int(r) + 1, S.TIME_COLUMN, f"Hours {df[S.TIME_COLUMN].iloc[r]!r} is not a "
-                        "finite number", "nan")
-        df = df[np.isfinite(hours.to_numpy(dtype=float))]
-        cols = [c for c in S.VARIABLES if c in df.columns]
-        long = df.melt(id_vars=[S.TIME_COLUMN], value_vars=cols, var_name="variable", value_name="value",
-                       ignore_index=False)
-        long["row"] = long.index.to_numpy() + 1
-        long["patient"] = i
-        long["file"] = ref
-        frames.append(long.rename(columns={S.TIME_COLUMN: "time"}))
+        tcol = header.index(S.TIME_COLUMN)
+        vcols = [(j, h) for j, h in enumerate(header) if j != tcol]
+        for r, line in enumerate(table[1:], start=1):
+            if len(line) != len(header):
+                if any(c.strip() for c in line):
+                    ctx.problem(desc.name, i, ref, r, None, f"{len(line)} cells, the header has {len(header)}",
+                                "malformed_row")
+                continue
+            hour = line[tcol].strip()
+            try:
+                ok = np.isfinite(float(hour))
+            except ValueError:
+                ok = False
+            if not ok:
+                ctx.problem(desc.name, i, ref, r, S.TIME_COLUMN, f"Hours {hour!r} is not a finite number", "nan")
+                continue
+            for j, var in vcols:
+                value = line[j]
+                if value and value.strip():
+                    cells["patient"].append(i)
+                    cells["time"].append(hour)
+                    cells["variable"].append(var)
+                    cells["value"].append(value)
+                    cells["row"].append(r)
+                    cells["file"].append(ref)
         rows.append(i)
+    frames = [pd.DataFrame(cells)] if cells["patient"] else []
     return _discretize(ctx, desc, frames, n, t, rows)
 
 

@@ -72,9 +72,9 @@ def read_genomics(ctx: ReadContext, desc: ModalityDesc, genes: list[str] | None)
     site_genes = list(table.columns)
     genes = list(genes) if genes is not None else sorted(site_genes)
     keys = ctx.table_keys(desc)
-    raw = table.apply(lambda s: s.astype(str).str.strip())
-    num = raw.apply(lambda s: pd.to_numeric(s, errors="coerce")).to_numpy(dtype=float)
-    empty_cell = (raw == "").to_numpy()
+    raw = np.char.strip(table.to_numpy(dtype=str))
+    num = pd.to_numeric(pd.Series(raw.ravel()), errors="coerce").to_numpy(dtype=float).reshape(raw.shape)
+    empty_cell = raw == ""
     log1p = str(desc.options.get("log1p", False)).lower() in ("true", "1", "yes")
     bad = (~np.isfinite(num) & ~empty_cell) | ((num < 0) & log1p)
     seen: dict[str, int] = {}
@@ -94,8 +94,8 @@ def read_genomics(ctx: ReadContext, desc: ModalityDesc, genes: list[str] | None)
         if i is None:
             continue
         row, fld = (gj + 1, table.index[pos]) if by_gene else (pos + 1, site_genes[gj])
-        reason = (f"negative value {raw.iat[pos, gj]!r} with log1p: true" if np.isfinite(num[pos, gj])
-                  else f"value {raw.iat[pos, gj]!r} is not a finite number")
+        reason = (f"negative value {raw[pos, gj]!r} with log1p: true" if np.isfinite(num[pos, gj])
+                  else f"value {raw[pos, gj]!r} is not a finite number")
         ctx.problem(desc.name, i, rel, int(row), fld, reason, "nan")
     missing_keys = [k for k, i in keys.items() if i not in row_of]
     for k in missing_keys:
