@@ -99,7 +99,9 @@ class SmallCNN(nn.Module):
         c = spec.shape[0]
         layers: list[nn.Module] = []
         for out in (16, 32, 64):
-            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), _group_norm(out), nn.ReLU()]
+            # bias=False: GroupNorm follows, and e(0) must be exactly GroupNorm's bias (a zero-variance map
+            # plus a conv bias would make the missing-image embedding rounding noise scaled by 1/sqrt(eps)).
+            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1, bias=False), _group_norm(out), nn.ReLU()]
             c = out
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.proj = nn.Linear(c, cfg.embed_dim)

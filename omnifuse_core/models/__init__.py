@@ -19,9 +19,4 @@ def build_model(specs: Sequence[ModalitySpec], task: TaskSpec, cfg: Config) -> F
 
 def _import_all() -> None:
     # Registration happens on import; keep this list in sync with the modules in this package.
-    from . import omnifuse  # noqa: F401
-    try:
-        from . import baselines, healnet  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - only while a module is being written
-        if "baselines" not in str(exc) and "healnet" not in str(exc):
-            raise
+    from . import baselines, healnet, omnifuse  # noqa: F401
