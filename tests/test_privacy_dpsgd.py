@@ -7,7 +7,8 @@ from torch.utils.data import TensorDataset
 
 import pytest
 from omnifuse_core.batch import ModalitySpec, MultimodalDataset, to_batch
-from omnifuse_core.privacy.dpsgd import check_dp_compatible, dp_history, is_empty_batch, make_private, steps_taken
+from omnifuse_core.privacy.dpsgd import (check_dp_compatible, dp_history, empty_batch_step, is_empty_batch, make_private,
+                                         steps_taken)
 
 SPECS = [ModalitySpec.from_dict({"name": "ehr", "kind": "tabular", "shape": [5]}),
          ModalitySpec.from_dict({"name": "image", "kind": "image", "shape": [1, 4, 4]})]
@@ -65,12 +66,16 @@ def test_sample_rate_is_batch_over_n_and_bad_args_are_named():
         make_private(m, torch.optim.SGD(m.parameters(), lr=0.1), _dataset(), batch_size=2, noise_multiplier=0.0,
                      max_grad_norm=1.0)
     with pytest.raises(ValueError, match="batch_size"):
-        make_private(m, torch.optim.SGD(m.parameters(), lr=0.1), _dataset(), batch_size=7, noise_multiplier=1.0,
+        make_private(m, torch.optim.SGD(m.parameters(), lr=0.1), _dataset(), batch_size=0, noise_multiplier=1.0,
                      max_grad_norm=1.0)
+    m2 = TwoBranch()
+    _, opt2, dl2 = make_private(m2, torch.optim.SGD(m2.parameters(), lr=0.1), _dataset(6), batch_size=50,
+                                noise_multiplier=1.0, max_grad_norm=1.0, seed=0)
+    assert dl2.sample_rate == 1.0 and opt2.expected_batch_size == 6
 
 
-@pytest.mark.parametrize("where", ["first", "later"])
-def test_empty_poisson_batch_still_takes_a_noisy_step(where):
+@pytest.mark.parametrize("where, run_model", [("first", True), ("later", True), ("later", False)])
+def test_empty_poisson_batch_still_takes_a_noisy_step(where, run_model):
     pred = (lambda s: s[0] == 0) if where == "first" else (lambda s: s[0] > 0 and 0 in s)
     seed = _seed(pred)
     sizes = _first_sizes(seed)
@@ -85,10 +90,13 @@ def test_empty_poisson_batch_still_takes_a_noisy_step(where):
         assert tuple(batch["inputs"]["image"].shape[1:]) == (1, 4, 4) and batch["present"].dtype == torch.bool
         assert batch["labels"].dtype == torch.long
         before = [p.detach().clone() for p in model.parameters()]
-        out = dp_model(batch["inputs"]["ehr"], batch["inputs"]["image"])
-        F.cross_entropy(out, batch["labels"]).backward()
-        opt.step()
-        opt.zero_grad()
+        if is_empty_batch(collated) and not run_model:
+            empty_batch_step(opt)  # the trainer skips the model on an empty batch
+        else:
+            out = dp_model(batch["inputs"]["ehr"], batch["inputs"]["image"])
+            F.cross_entropy(out, batch["labels"]).backward()
+            opt.step()
+        opt.zero_grad(set_to_none=True)
         if is_empty_batch(collated):
             seen_empty += 1
             # noise only: every parameter moved although no patient was in the batch
@@ -97,6 +105,17 @@ def test_empty_poisson_batch_still_takes_a_noisy_step(where):
     assert seen_empty == sizes.count(0) >= 1
     assert steps_taken(opt) == len(sizes) == len(loader)
     assert dp_history(opt) == [(1.0, pytest.approx(1 / 6), len(sizes))]
+
+
+def test_skipping_backward_on_empty_batch_then_step_fails_in_opacus():
+    # documents why empty_batch_step exists: optimizer.step() without a backward pass raises
+    seed = _seed(lambda s: s[0] == 0)
+    model = TwoBranch()
+    _, opt, loader = make_private(model, torch.optim.SGD(model.parameters(), lr=0.5), _dataset(), batch_size=1,
+                                  noise_multiplier=1.0, max_grad_norm=1.0, seed=seed)
+    next(iter(loader))
+    with pytest.raises(ValueError, match="Per sample gradient"):
+        opt.step()
 
 
 def test_seed_makes_dp_training_reproducible():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from omnifuse_core.privacy.membership import loss_threshold_auc, max_tpr_bound
-from omnifuse_core.privacy.noisy_max import (combination_scores, noisy_max_epsilon, noisy_max_event,
-                                             pure_events_from, report_noisy_max)
+from omnifuse_core.privacy.noisy_max import (combination_scores, make_noisy_select, noisy_max_epsilon,
+                                             noisy_max_event, pure_events_from, report_noisy_max)
 
 
 def test_combination_scores_clip_and_mask():
@@ -52,6 +52,14 @@ def test_event_epsilon_monotone_and_general():
     assert pure_events_from([ev, noisy_max_event(2.0, noise="gumbel", monotone=False)]) == [(0.25, 3), (1.0, 1)]
     with pytest.raises(ValueError, match="only"):
         pure_events_from([{"type": "dpsgd"}])
+
+
+def test_make_noisy_select_returns_index_and_event():
+    select = make_noisy_select(0.01, np.random.default_rng(0))
+    idx, ev = select(torch.tensor([0.0, 5.0, 1.0]))
+    assert idx == 1 and ev["type"] == "laplace" and ev["count"] == 1 and ev["epsilon0"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="scale"):
+        make_noisy_select(-1.0)
 
 
 def test_membership_auc_detects_leakage_and_chance():

@@ -10,8 +10,8 @@ from omnifuse_core.privacy.accounting import cross_check_epsilon
 from omnifuse_core.privacy.budget import dpsgd_event
 from omnifuse_core.privacy.ledger import PrivacyLedger
 from omnifuse_core.privacy.noisy_max import noisy_max_event, pure_events_from
-from omnifuse_core.privacy.report import (build_provenance, federation_summary, format_table, load_report_source,
-                                          site_report, write_reports)
+from omnifuse_core.privacy.report import (build_provenance, federation_summary, format_report_source, format_table,
+                                          load_report_source, site_report, write_reports)
 
 DELTA = 1e-5
 KEYS = {"site", "delta", "epsilon", "accountant", "epsilon_rdp", "epsilon_prv", "epsilon_cross_check", "max_epsilon",
@@ -94,6 +94,9 @@ def test_summary_never_sums_and_files_are_written(reports):
     assert loaded[0]["epsilon"] == ra["epsilon"] and again["sites"].keys() == summary["sites"].keys()
     table = format_table(loaded)
     assert "hospital-a" in table and f"{ra['epsilon']:.3f}" in table and "never added" in table
+    assert format_report_source(tmp / "RUN", "table") == table
+    assert json.loads(format_report_source(tmp / "RUN", "json"))["sites"][1]["site"] == "hospital-b"
+    assert format_report_source(tmp / "RUN", "markdown").startswith("# Privacy report")
 
 
 def test_load_from_ledger_file_and_state_dir(reports):

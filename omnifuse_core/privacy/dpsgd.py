@@ -7,8 +7,9 @@ hand it to ``make_private(poisson_sampling=False)``, then attach a fresh RDP acc
 trainer can read the steps actually taken with :func:`dp_history`.
 
 Empty-batch policy: Poisson sampling can draw an empty batch. The loader then yields zero-length tensors with
-the dataset's item shapes (built from ``dataset[0]``); the trainer must still run forward/backward and call
-``optimizer.step()``, which adds the noise (skipping the step would change the mechanism). Such steps count.
+the dataset's item shapes (built from ``dataset[0]``); the trainer must still take the step — either run
+forward/backward on the empty batch and call ``optimizer.step()``, or call :func:`empty_batch_step` — which adds
+the noise (skipping the step would change the mechanism). Such steps count.
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
     n = len(dataset)
     if n < 1:
         raise ValueError("cannot train with DP on an empty dataset")
-    if int(batch_size) != batch_size or not (1 <= batch_size <= n):
-        raise ValueError(f"batch_size must be a whole number in [1, {n}] (dataset size), got {batch_size!r}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r} (config key batch-size)")
+    if batch_size > n:
+        log.info("batch_size %d exceeds the %d training samples: Poisson sampling rate capped at q = 1", batch_size, n)
+        batch_size = n
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"noise_multiplier must be > 0, got {noise_multiplier!r}; calibrate it with "
                          "calibrate_noise_multiplier() or set config key noise-multiplier")
@@ -105,6 +109,21 @@ def dp_history(dp_optimizer: torch.optim.Optimizer) -> list[tuple[float, float, 
 def steps_taken(dp_optimizer: torch.optim.Optimizer) -> int:
     """Number of noisy DP-SGD steps taken so far (empty batches included)."""
     return sum(k for _, _, k in dp_history(dp_optimizer))
+
+
+def empty_batch_step(dp_optimizer: torch.optim.Optimizer) -> None:
+    """Take the noise-only DP-SGD step of an empty Poisson batch without running the model.
+
+    Use it when the model cannot run on a zero-length batch: calling ``optimizer.step()`` with no backward pass
+    raises in Opacus ("Per sample gradient is not initialized"). This sets every parameter's per-sample gradient
+    to an empty ``[0, *shape]`` tensor, so the step clips nothing, adds the Gaussian noise and is counted.
+
+    Args:
+        dp_optimizer: the optimizer returned by :func:`make_private`.
+    """
+    for p in dp_optimizer.params:
+        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+    dp_optimizer.step()
 
 
 def is_empty_batch(collated: tuple | list) -> bool:

@@ -116,6 +116,26 @@ def noisy_max_event(scale: float, *, sensitivity: float = 1.0, count: int = 1, m
             "round": round, "run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def make_noisy_select(scale: float, generator: np.random.Generator | torch.Generator | None = None, *,
+                      noise: str = "laplace"):
+    """A ``noisy_select(scores) -> (index, event)`` callable for the trainer's ``DPSettings.noisy_select``.
+
+    Each call makes one selection and returns its ledger event (``count=1``; ``round``/``run_id`` are filled in
+    by :meth:`SiteBudget.record_round`). Scores must be sums of per-sample distances clipped to ``[0, 1]``.
+
+    Args:
+        scale: noise scale b (config key ``tla-noise-scale``); each selection costs ``1/b``.
+        generator: seeded numpy or torch generator.
+        noise: ``"laplace"`` or ``"gumbel"``.
+    """
+    noisy_max_epsilon(scale)  # validate now, not at the first epoch
+
+    def noisy_select(scores) -> tuple[int, dict]:
+        return report_noisy_max(scores, scale, generator, noise=noise), noisy_max_event(scale, noise=noise)
+
+    return noisy_select
+
+
 def pure_events_from(events: list[dict]) -> list[tuple[float, int]]:
     """``(epsilon0, count)`` pairs for accounting, recomputed from each event's scale/sensitivity/monotone."""
     out = []

@@ -257,3 +257,22 @@ def load_report_source(path: str | Path, *, delta: float = 1e-5,
                                 "(<state-dir>/privacy-ledger/*.jsonl) found; pass a run directory or a ledger file")
     reports = [site_report(lg, site=lg.fingerprint, delta=delta, max_epsilon=max_epsilon) for lg in ledgers]
     return reports, federation_summary(reports)
+
+
+def format_report_source(path: str | Path, fmt: str = "table") -> str:
+    """Render the reports found at ``path`` (see :func:`load_report_source`) for ``omnifuse privacy-report``.
+
+    Args:
+        path: run directory, its ``privacy/`` folder, a ledger file or a site state directory.
+        fmt: ``"table"``, ``"json"`` or ``"markdown"``.
+    """
+    reports, summary = load_report_source(path)
+    if fmt == "table":
+        return format_table(reports)
+    if fmt == "json":
+        return json.dumps({"sites": reports, "summary": summary}, indent=2, default=str)
+    if fmt == "markdown":
+        from .report_html import render_markdown
+
+        return render_markdown(reports, summary)
+    raise ValueError(f"unknown format {fmt!r}; use table, json or markdown")
