@@ -104,3 +104,19 @@ def test_valid_site_summary(tmp_path):
     assert report.summary["availability"] == {"ehr": 8, "image": 6, "genomics": 8}
     assert report.summary["splits"] == {"train": 6, "val": 1, "test": 1}
     assert report.summary["labels"]["mortality"] == "4 positive / 4 negative"
+
+
+def test_parquet_without_pyarrow_is_a_clear_problem(tmp_path):
+    pytest.importorskip("pandas")
+    try:
+        import pyarrow  # noqa: F401
+        pytest.skip("pyarrow is installed here")
+    except ImportError:
+        pass
+    site = make_site(tmp_path, 2)
+    (site / "cohort.parquet").write_bytes(b"PAR1")
+    text = (site / "site.yaml").read_text().replace("cohort: cohort.csv", "cohort: cohort.parquet")
+    (site / "site.yaml").write_text(text)
+    problems = validate_site(site, CFG).problems
+    assert len(problems) == 1 and "pip install pyarrow" in problems[0].reason
+    assert problems[0].file == "cohort.parquet"
