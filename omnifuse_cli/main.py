@@ -154,6 +154,43 @@ def privacy_report(source: Path, fmt: str) -> None:
     click.echo(format_report_source(source, fmt))
 
 
+@cli.command()
+@click.option("--model", "run_dir", type=click.Path(path_type=Path), required=True, help="Trained run directory.")
+@click.option("--site", "site_dir", type=click.Path(path_type=Path), required=True, help="Site folder to predict.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="CSV file to write.")
+@click.option("--site-model", default=None, help="Local runs: whose model to use (default: the site's own).")
+def predict(run_dir: Path, site_dir: Path, out: Path, site_model: str | None) -> None:
+    """Apply a trained run to a site: one CSV row per patient (probability or risk, per-modality
+    present/imputed flags, each modality head's probability, prediction mode, run id and config digest).
+
+    \b
+    Example:
+      omnifuse predict --model runs/demo/run --site data/demo/hospital_a --out preds.csv
+    """
+    from omnifuse_core.predict import predict_site
+    path = predict_site(run_dir, site_dir, out, site=site_model)
+    click.echo(f"predictions written to {path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--site", "sites", multiple=True, type=click.Path(path_type=Path),
+              help="Site or federation folder for ROC/calibration/KM/maps (repeatable).")
+@click.option("--groups", type=int, default=3, show_default=True, help="Risk groups (quantiles of predicted risk).")
+@click.option("--clusters", type=int, default=3, show_default=True, help="k-means clusters of embeddings (0 = off).")
+def report(run_dir: Path, sites: tuple[Path, ...], groups: int, clusters: int) -> None:
+    """Write RUN/report.html (self-contained, plots embedded) and RUN/model_card.md for a finished run.
+
+    \b
+    Example:
+      omnifuse report runs/demo/run --site runs/demo/data
+    """
+    from omnifuse_core.report import write_report
+    path = write_report(run_dir, sites=list(sites) or None, n_groups=groups, clusters=clusters)
+    click.echo(f"report: {path.resolve()}")
+    click.echo(f"model card: {(path.parent / 'model_card.md').resolve()}")
+
+
 @cli.command("import-mimic")
 @click.option("--listfile", type=click.Path(path_type=Path), required=True, help="The benchmark's listfile.csv.")
 @click.option("--stays", type=click.Path(path_type=Path), required=True, help="Folder of per-stay CSV files.")

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from omnifuse_cli.main import cli
 
-COMMANDS = ["synth", "check-site", "train", "demo", "privacy-report", "import-mimic"]
+COMMANDS = ["synth", "check-site", "train", "demo", "privacy-report", "import-mimic", "predict", "report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
