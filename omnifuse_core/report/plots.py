@@ -12,6 +12,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, titl
     for name, (x, y) in series.items():
         ax.plot(list(x), [np.nan if v is None else float(v) for v in y], marker=marker, label=str(name))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ylim:
         ax.set_ylim(*ylim)
     if series:
@@ -81,6 +83,7 @@ def categorical_trace(traces: Mapping[str, Sequence[str]], *, title: str) -> str
         ax.plot(np.arange(1, len(seq) + 1), [cats.index(c) + offset for c in seq], marker="o", label=str(name))
     ax.set_yticks(range(len(cats)), cats, fontsize=8)
     ax.set(title=title, xlabel="epoch (all rounds)", ylabel="laziest combination")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return to_data_uri(fig)
