@@ -7,8 +7,8 @@ from torch.utils.data import TensorDataset
 
 import pytest
 from omnifuse_core.batch import ModalitySpec, MultimodalDataset, to_batch
-from omnifuse_core.privacy.dpsgd import (check_dp_compatible, dp_history, empty_batch_step, is_empty_batch, make_private,
-                                         steps_taken)
+from omnifuse_core.privacy.dpsgd import (check_dp_compatible, dp_history, dp_step, is_empty_batch,
+                                         make_private, steps_taken)
 
 SPECS = [ModalitySpec.from_dict({"name": "ehr", "kind": "tabular", "shape": [5]}),
          ModalitySpec.from_dict({"name": "image", "kind": "image", "shape": [1, 4, 4]})]
@@ -91,7 +91,7 @@ def test_empty_poisson_batch_still_takes_a_noisy_step(where, run_model):
         assert batch["labels"].dtype == torch.long
         before = [p.detach().clone() for p in model.parameters()]
         if is_empty_batch(collated) and not run_model:
-            empty_batch_step(opt)  # the trainer skips the model on an empty batch
+            dp_step(opt)  # the trainer skips the model on an empty batch
         else:
             out = dp_model(batch["inputs"]["ehr"], batch["inputs"]["image"])
             F.cross_entropy(out, batch["labels"]).backward()
@@ -108,7 +108,7 @@ def test_empty_poisson_batch_still_takes_a_noisy_step(where, run_model):
 
 
 def test_skipping_backward_on_empty_batch_then_step_fails_in_opacus():
-    # documents why empty_batch_step exists: optimizer.step() without a backward pass raises
+    # documents why dp_step exists: optimizer.step() without a backward pass raises
     seed = _seed(lambda s: s[0] == 0)
     model = TwoBranch()
     _, opt, loader = make_private(model, torch.optim.SGD(model.parameters(), lr=0.5), _dataset(), batch_size=1,
@@ -116,6 +116,22 @@ def test_skipping_backward_on_empty_batch_then_step_fails_in_opacus():
     next(iter(loader))
     with pytest.raises(ValueError, match="Per sample gradient"):
         opt.step()
+
+
+def test_dp_step_handles_parameters_the_forward_did_not_reach():
+    torch.manual_seed(0)
+    model = TwoBranch()
+    dp_model, opt, loader = make_private(model, torch.optim.SGD(model.parameters(), lr=0.5), _dataset(),
+                                         batch_size=3, noise_multiplier=1.0, max_grad_norm=1.0,
+                                         seed=_seed(lambda s: s[0] > 0))
+    batch = to_batch(SPECS, next(iter(loader)))
+    before = model.head.weight.detach().clone()
+    F.cross_entropy(dp_model._module.ehr(batch["inputs"]["ehr"]), batch["labels"]).backward()  # image branch unused
+    with pytest.raises(ValueError, match="Per sample gradient"):
+        opt.step()
+    dp_step(opt)
+    assert not torch.equal(before, model.head.weight)  # unused parameter still gets the noise
+    assert steps_taken(opt) == 1
 
 
 def test_seed_makes_dp_training_reproducible():

@@ -8,7 +8,7 @@ trainer can read the steps actually taken with :func:`dp_history`.
 
 Empty-batch policy: Poisson sampling can draw an empty batch. The loader then yields zero-length tensors with
 the dataset's item shapes (built from ``dataset[0]``); the trainer must still take the step — either run
-forward/backward on the empty batch and call ``optimizer.step()``, or call :func:`empty_batch_step` — which adds
+forward/backward on the empty batch and call ``optimizer.step()``, or skip the model and call :func:`dp_step` — which adds
 the noise (skipping the step would change the mechanism). Such steps count.
 """
 
@@ -20,7 +20,7 @@ import warnings
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def check_dp_compatible(model: nn.Module) -> list[str]:
 
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, *, batch_size: int,
                  noise_multiplier: float, max_grad_norm: float, seed: int | None = None,
-                 grad_sample_mode: str = "hooks") -> tuple[nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader]:
+                 grad_sample_mode: str = "hooks") -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
     """Wrap model, optimizer and data for DP-SGD with Opacus' ``PrivacyEngine.make_private``.
 
     Args:
@@ -111,18 +111,32 @@ def steps_taken(dp_optimizer: torch.optim.Optimizer) -> int:
     return sum(k for _, _, k in dp_history(dp_optimizer))
 
 
-def empty_batch_step(dp_optimizer: torch.optim.Optimizer) -> None:
-    """Take the noise-only DP-SGD step of an empty Poisson batch without running the model.
+def dp_step(dp_optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()`` that also works when the backward pass did not reach every parameter.
 
-    Use it when the model cannot run on a zero-length batch: calling ``optimizer.step()`` with no backward pass
-    raises in Opacus ("Per sample gradient is not initialized"). This sets every parameter's per-sample gradient
-    to an empty ``[0, *shape]`` tensor, so the step clips nothing, adds the Gaussian noise and is counted.
+    Opacus raises "Per sample gradient is not initialized" for a parameter without a per-sample gradient: one the
+    forward pass did not use on this batch (e.g. a block whose output no active loss term needs), or every
+    parameter when an empty Poisson batch skipped the model. Such a parameter's per-sample gradient is exactly
+    zero, so this sets it to zeros ``[B, *shape]`` (B = the batch size seen by the other parameters, 0 for an
+    empty batch) and steps: clipping is unchanged and the Gaussian noise is still added to every parameter.
 
     Args:
         dp_optimizer: the optimizer returned by :func:`make_private`.
     """
+    sizes = set()
     for p in dp_optimizer.params:
-        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        gs = getattr(p, "grad_sample", None)
+        if isinstance(gs, torch.Tensor):
+            sizes.add(int(gs.shape[0]))
+        elif isinstance(gs, list):
+            sizes.add(sum(int(g.shape[0]) for g in gs))
+    if len(sizes) > 1:
+        raise ValueError(f"per-sample gradients disagree on the batch size {sorted(sizes)}; one forward/backward "
+                         "per Poisson batch is required")
+    n = sizes.pop() if sizes else 0
+    for p in dp_optimizer.params:
+        if getattr(p, "grad_sample", None) is None:
+            p.grad_sample = torch.zeros((n, *p.shape), dtype=p.dtype, device=p.device)
     dp_optimizer.step()
 
 
