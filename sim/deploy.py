@@ -54,6 +54,7 @@ class Processes:
     work: Path
     env: dict[str, str]
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    stopped_pids: list[int] = field(default_factory=list)  # everything stop_all signalled (for tests)
 
     def start(self, name: str, argv: Sequence[str], env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
         logf = open(self.work / f"{name}.log", "wb")
@@ -71,18 +72,61 @@ class Processes:
                                    + tail(self.work / f"{name}.log"))
 
     def stop_all(self, grace: float = 10.0) -> None:
-        """SIGTERM each process group, then SIGKILL what is left after ``grace`` seconds (reverse start order)."""
-        for name, proc in reversed(self.procs):
+        """Stop every started process *and its descendants* (Flower starts ServerApp/ClientApp processes in their
+        own sessions, so a process-group kill alone can orphan them): SIGTERM, then SIGKILL after ``grace`` s."""
+        pids: list[int] = []
+        for _, proc in reversed(self.procs):
+            pids += [*descendants(proc.pid), proc.pid]
+        self.stopped_pids = pids
+        for _, proc in reversed(self.procs):
             _signal_group(proc, signal.SIGTERM)
+        for pid in pids:
+            _signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for name, proc in reversed(self.procs):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM; killing its process group", name, proc.pid)
-            _signal_group(proc, signal.SIGKILL)  # also reaps grandchildren left in the group
+                log.warning("%s (pid %d) ignored SIGTERM; killing it", name, proc.pid)
+            _signal_group(proc, signal.SIGKILL)
+        while time.monotonic() < deadline and any(is_running(pid) for pid in pids):
+            time.sleep(0.2)
+        for pid in pids:
+            _signal_pid(pid, signal.SIGKILL)
+        for _, proc in self.procs:
             proc.wait(timeout=10)
         self.procs.clear()
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (Linux ``/proc``), children first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -111,7 +155,7 @@ def wait_port(port: int, timeout: float, procs: Processes) -> None:
 
 
 def write_connection(env: Mapping[str, str], port: int, *, root_cert: Optional[Path] = None) -> None:
-    """``$FLWR_HOME/config.toml`` with one SuperLink connection named ``omnifuse``."""
+    """``$FLWR_HOME/config.toml`` with one SuperLink connection named ``omnifuse`` (the default)."""
     lines = [f"[superlink.{CONNECTION}]", f'address = "127.0.0.1:{port}"']
     lines += [f'root-certificates = "{root_cert}"'] if root_cert else ["insecure = true"]
     cfg = Path(env["FLWR_HOME"]) / "config.toml"
@@ -126,7 +170,7 @@ def start_superlink(procs: Processes, *, simulation: bool, tls: Optional[Mapping
     """
     port = free_port()
     argv = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(port), "--isolation", "subprocess",
-            "--disable-runtime-dependency-installation", "--database", str(procs.work / "superlink.db")]
+            "--disable-runtime-dependency-installation"]  # in-memory state: an on-disk SQLite file locked up under load
     if tls:
         argv += ["--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
                  "--ssl-keyfile", str(tls["key"])]
@@ -153,34 +197,74 @@ def start_supernode(procs: Processes, name: str, superlink_port: int, node_confi
     procs.start(f"supernode_{name}", argv, env)
 
 
+def _cli(procs: Processes, args: Sequence[str], timeout: float = 120) -> str:
+    """Run one ``flwr`` CLI command (in its own process group) and return its stdout."""
+    proc = subprocess.Popen([str(BIN / "flwr"), *args], env=procs.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+                            cwd=str(procs.work))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.communicate()
+        raise TimeoutError(f"flwr {' '.join(args[:1])} did not answer within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"flwr {' '.join(args)} failed with code {proc.returncode}:\n{out.decode()[-2000:]}"
+                           f"\n{err.decode()[-2000:]}")
+    return out.decode(errors="replace")
+
+
+def _json_tail(text: str) -> dict:
+    start = text.find("{")
+    if start < 0:
+        raise RuntimeError(f"expected JSON from flwr, got: {text[-2000:]}")
+    return json.loads(text[start:])
+
+
 def flwr_run(procs: Processes, run_config: Mapping[str, object], *, federation_config: str = "",
-             timeout: float = 3600, app_dir: Path = APP_DIR) -> str:
-    """``flwr run <app> omnifuse --stream`` until the run ends; returns the streamed log.
+             timeout: float = 3600, app_dir: Path = APP_DIR, poll: float = 2.0) -> str:
+    """``flwr run <app> omnifuse``, then poll ``flwr ls`` until the run ends; the run's log is saved to
+    ``<work>/flwr_run.log``. (Polling is used instead of ``--stream``, whose log stream can end early when the
+    SuperLink is busy.)
+
+    Returns:
+        The final run status (``finished:completed``).
 
     Raises:
-        RuntimeError: ``flwr run`` failed (its output is included).
+        RuntimeError: the run could not start or did not complete (the log tail is included).
         TimeoutError: the run did not finish within ``timeout`` seconds.
     """
     rc = " ".join(f"{k}={json.dumps(v) if isinstance(v, (str, Path)) else str(v).lower() if isinstance(v, bool) else v}"
                   for k, v in run_config.items())
-    argv = [str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--run-config", rc, "--stream"]
+    args = ["run", str(app_dir), CONNECTION, "--run-config", rc, "--format", "json"]
     if federation_config:
-        argv += ["--federation-config", federation_config]
-    log.info("flwr run: %s", " ".join(argv))
+        args += ["--federation-config", federation_config]
+    log.info("flwr %s", " ".join(args))
+    started = _json_tail(_cli(procs, args))
+    if not started.get("success") or not started.get("run-id"):
+        raise RuntimeError(f"flwr run did not start a run: {started}")
+    run_id = str(started["run-id"])
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        runs = _json_tail(_cli(procs, ["ls", CONNECTION, "--run-id", run_id, "--format", "json"])).get("runs", [])
+        status = str(runs[0].get("status", "")) if runs else ""
+        if status.startswith("finished"):
+            break
+        time.sleep(poll)
     logf = procs.work / "flwr_run.log"
-    with open(logf, "wb") as out:
-        proc = subprocess.Popen(argv, env=procs.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=str(procs.work))
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
-            raise TimeoutError(f"flwr run did not finish within {timeout:.0f} s; see {logf}") from None
-    text = logf.read_text(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"flwr run failed with code {proc.returncode}:\n{text[-4000:]}")
-    return text
+    try:
+        logf.write_text(_cli(procs, ["log", run_id, CONNECTION, "--show"]))
+    except (RuntimeError, TimeoutError) as exc:
+        log.warning("could not fetch the run log: %s", exc)
+    if not status.startswith("finished"):
+        raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s (last status {status!r}); "
+                           f"see {logf}")
+    if status != "finished:completed":
+        raise RuntimeError(f"run {run_id} ended with status {status!r}; log tail:\n{tail(logf)}")
+    log.info("run %s %s", run_id, status)
+    return status
 
 
 @contextmanager
@@ -206,7 +290,7 @@ def run_deployment(sites: Sequence[Path], run_config: Mapping[str, object], work
         timeout: seconds allowed for the run.
 
     Returns:
-        The streamed ``flwr run`` log.
+        The final run status.
     """
     state_root = state_root or work / "state"
     with flower_processes(work) as procs:
