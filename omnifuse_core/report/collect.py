@@ -190,7 +190,8 @@ def predictions_of(data: RunData) -> Optional[Predictions]:
     emb = [p.embedding for p in preds]
     return Predictions(
         patient_ids=[i for p in preds for i in p.patient_ids], score=np.concatenate([p.score for p in preds]),
-        heads={}, present=np.concatenate([p.present for p in preds]), imputed=np.concatenate([p.imputed for p in preds]),
+        heads={}, present=np.concatenate([p.present for p in preds]),
+        imputed=np.concatenate([p.imputed for p in preds]),
         labels=np.concatenate([p.labels for p in preds]),
         embedding=np.concatenate(emb) if all(e is not None for e in emb) else None,
         split=[s for p in preds for s in p.split])

@@ -1,4 +1,4 @@
-"""Report sections computed from test-split predictions: embedding map, ROC, calibration, Kaplan–Meier, risk groups."""
+"""Report sections from test-split predictions: embedding map, ROC, calibration, Kaplan–Meier, risk groups."""
 from __future__ import annotations
 
 from typing import Optional

@@ -19,7 +19,8 @@ from scipy.stats import chi2
 log = logging.getLogger(__name__)
 
 
-def risk_groups(risk: np.ndarray, *, n_groups: int = 3, cuts: Optional[Sequence[float]] = None) -> tuple[np.ndarray, list[float]]:
+def risk_groups(risk: np.ndarray, *, n_groups: int = 3,
+                cuts: Optional[Sequence[float]] = None) -> tuple[np.ndarray, list[float]]:
     """Assign each patient a risk group 0 (lowest) .. G−1 (highest).
 
     Args:
