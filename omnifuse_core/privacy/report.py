@@ -146,7 +146,8 @@ def site_report(ledger_or_events: PrivacyLedger | Sequence[dict], *, site: str, 
 def plain_statement(r: dict) -> str:
     """A plain-language statement of one site report for a privacy officer."""
     eps, d = r["epsilon"], r["delta"]
-    text = (f"For site '{r['site']}', the model updates it sent during this run, and every checkpoint or model "
+    scope = "during this run" if (r.get("provenance") or {}).get("run_id") else "in all runs recorded in its ledger"
+    text = (f"For site '{r['site']}', the model updates it sent {scope}, and every checkpoint or model "
             f"built from them, are ({eps:.2f}, {d:g})-differentially private for each patient record: adding or "
             f"removing any one patient changes the probability of any result by at most a factor of "
             f"{math.exp(min(eps, 700)):.3g}, except with probability {d:g}. ")
