@@ -53,15 +53,24 @@ class CascadeResidualAutoencoder(nn.Module):
         self.blocks = nn.ModuleList(ResidualAutoencoder(dim, hidden) for _ in range(blocks))
         self.latent_dim = blocks * hidden[-1]
 
-    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (v + Σ_k Δz_k, concatenated latents ``[B, K * latent]``)."""
+    def forward(self, v: torch.Tensor, need_output: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Returns (v + Σ_k Δz_k, concatenated latents ``[..., K * latent]``); works on ``[B, D]`` or ``[B, P, D]``.
+
+        With ``need_output=False`` the last block's decoder is not run (its Δz only feeds v') and the first value
+        is None. Under DP-SGD every module that runs must reach the loss, so callers that only need the joint
+        embedding pass False.
+        """
         total = torch.zeros_like(v)
         latents = []
-        for block in self.blocks:
+        last = len(self.blocks) - 1
+        for k, block in enumerate(self.blocks):
+            if k == last and not need_output:
+                latents.append(block.encoder(v + total))
+                return None, torch.cat(latents, dim=-1)
             dz, z = block(v + total)
             total = total + dz
             latents.append(z)
-        return v + total, torch.cat(latents, dim=1)
+        return v + total, torch.cat(latents, dim=-1)
 
 
 def masked_slot_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -101,11 +101,16 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
         if prox_center is not None and cfg.proximal_mu > 0:
             raise ValueError("FedProx's proximal term is not a per-sample loss and cannot run under DP-SGD; "
                              "set proximal-mu: 0 or dp: false")
-        from .privacy.dpsgd import make_private
+        from .privacy.dpsgd import dp_step, make_private
         _, optimizer, loader = make_private(model, optimizer, train_ds, batch_size=cfg.batch_size,
                                             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                                             seed=seed)
-        sample_rate = min(1.0, cfg.batch_size / len(train_ds))
+        sample_rate = float(loader.sample_rate)
+        # a parameter this batch did not reach (or an empty Poisson batch) has a zero per-sample gradient;
+        # dp_step fills it in and still adds the noise, so every step counts
+        step = lambda: dp_step(optimizer)  # noqa: E731
+    else:
+        step = optimizer.step
     sums: dict[str, float] = defaultdict(float)
     n_batches, steps = 0, 0
     trace: dict[str, list] = defaultdict(list)
@@ -133,7 +138,7 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
                 for key, value in parts.items():
                     sums[key] += value
                 n_batches += 1
-            optimizer.step()
+            step()
             steps += 1
     metrics = {k: v / max(n_batches, 1) for k, v in sums.items()}
     return TrainResult(metrics, counts, dict(trace), steps, sample_rate)

@@ -55,25 +55,34 @@ class OmniFuse(FusionModel):
 
     # --- building blocks -----------------------------------------------------------------------------------
     def zero_embeddings(self, inputs: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
-        """v^miss = e_m(0) for every slot, ``[B, M, d]``.
+        """v^miss = e_m(0) for every slot, ``[B, M, d]`` (one zero sample encoded, then broadcast).
 
-        Without DP one zero sample is encoded and broadcast; under DP every row is encoded so that Opacus sees a
-        per-sample computation (the values are identical: encoders are per-sample independent).
+        Without DP the gradient flows into e_m(0) through every use. Under DP-SGD it is a constant of the step
+        (computed without gradient): a per-sample gradient cannot attribute a shared constant's gradient to one
+        patient, and running the encoders a second time per step would break Opacus' per-sample hooks.
         """
-        if self.cfg.dp:
-            keep = torch.zeros(batch_size, self.num_modalities, dtype=torch.bool, device=_device(inputs))
-            return self.encode(inputs, keep)
         one = {k: v[:1] for k, v in inputs.items()}
         keep = torch.zeros(1, self.num_modalities, dtype=torch.bool, device=_device(inputs))
+        if self.cfg.dp:
+            with torch.no_grad():
+                return self.encode(one, keep).expand(batch_size, -1, -1)
         return self.encode(one, keep).expand(batch_size, -1, -1)
 
-    def complete(self, v_true: torch.Tensor, v_miss: torch.Tensor, avail: torch.Tensor):
-        """Imputer input, forward output, completed embeddings ṽ and joint embedding for an availability mask."""
-        a = avail[:, :, None]
-        v_in = torch.where(a, v_true, v_miss)
-        v_fwd, joint = self.forward_cra(v_in.flatten(1))
+    def complete(self, v_true: torch.Tensor, v_miss: torch.Tensor, avail: torch.Tensor, need_output: bool = True):
+        """Imputer input, forward output, completed embeddings ṽ and joint embedding for availability masks.
+
+        ``avail`` is ``[B, M]`` or ``[B, P, M]`` (P masks evaluated in *one* imputer call, as DP-SGD requires);
+        ``v_true`` / ``v_miss`` are ``[B, M, d]``.
+        """
+        stacked = avail.dim() == 3
+        a = avail[..., None]
+        vt, vm = (v_true[:, None], v_miss[:, None]) if stacked else (v_true, v_miss)
+        v_in = torch.where(a, vt, vm)
+        v_fwd, joint = self.forward_cra(v_in.flatten(-2), need_output=need_output or self.impute)
+        if v_fwd is None:
+            return v_in, None, v_in, joint
         v_fwd = v_fwd.view_as(v_in)
-        completed = torch.where(a, v_true, v_fwd) if self.impute else v_in
+        completed = torch.where(a, vt, v_fwd) if self.impute else v_in
         return v_in, v_fwd, completed, joint
 
     def sample_hidden(self, present: torch.Tensor) -> torch.Tensor:
@@ -88,7 +97,7 @@ class OmniFuse(FusionModel):
     # --- label-free prediction -----------------------------------------------------------------------------
     def _eval_parts(self, inputs, present):
         v = self.encode(inputs, present)  # missing slots already hold e_m(0)
-        _, _, completed, joint = self.complete(v, v, present)
+        _, _, completed, joint = self.complete(v, v, present, need_output=False)
         return completed, joint
 
     def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
@@ -119,7 +128,15 @@ class OmniFuse(FusionModel):
         v_miss = self.zero_embeddings(inputs, b)
         hidden = self.sample_hidden(present) if self.impute and cfg.hide_prob > 0 else torch.zeros_like(present)
         avail = present & ~hidden
-        v_in, v_fwd, completed, joint = self.complete(v_true, v_miss, avail)
+        use_tla = self.use_tla and self.lazy_combo is not None
+        masks = [avail]
+        if use_tla:  # the δ_lazy-only view goes through the same imputer call (one call per module per step)
+            masks.append(present & combo_mask(self.lazy_combo, self.num_modalities, present.device))
+        v_in, v_fwd, completed, joint = self.complete(v_true, v_miss, torch.stack(masks, 1),
+                                                      need_output=self.backward_cra is not None)
+        v_in, completed = v_in[:, 0], completed[:, 0]
+        v_fwd = v_fwd[:, 0] if v_fwd is not None else None
+        joint_logits = self.joint_head(joint)  # [B, P, K]
         zero = v_true.new_zeros(b)
         parts: dict[str, torch.Tensor] = {}
         if self.impute:
@@ -128,7 +145,8 @@ class OmniFuse(FusionModel):
             target = torch.where(avail[:, :, None], v_miss, v_true).detach()
             parts["forward"] = masked_slot_mse(v_fwd, target, present)
         if self.backward_cra is not None:
-            v_bwd, _ = self.backward_cra(v_fwd.flatten(1))
+            v_bwd, _ = self.backward_cra(v_fwd.flatten(1))  # all K decoders feed v''
+
             parts["backward"] = ((v_bwd - v_in.detach().flatten(1)) ** 2).mean(dim=1)
         head_logits = self.heads(completed)
         ce = torch.stack([self.task.elementwise_loss(head_logits[:, m], y) for m in range(self.num_modalities)], 1)
@@ -138,11 +156,9 @@ class OmniFuse(FusionModel):
         else:
             omega = torch.ones_like(ce)
         parts["enc"] = (omega * ce).sum(dim=1).mean(dim=-1)
-        parts["rp"] = self.task.loss(self.joint_head(joint), y)
-        if self.use_tla and self.lazy_combo is not None:
-            lazy = combo_mask(self.lazy_combo, self.num_modalities, present.device)
-            _, _, _, joint_lazy = self.complete(v_true, v_miss, present & lazy)
-            parts["tla"] = activation_loss(self.task.loss(self.joint_head(joint_lazy), y), present, self.lazy_combo)
+        parts["rp"] = self.task.loss(joint_logits[:, 0], y)
+        if use_tla:
+            parts["tla"] = activation_loss(self.task.loss(joint_logits[:, 1], y), present, self.lazy_combo)
         total = (parts.get("forward", zero) + cfg.lambda_backward * parts.get("backward", zero)
                  + cfg.lambda_dwfuse * (parts["enc"] + cfg.alpha * parts["rp"]) + cfg.lambda_tla * parts.get("tla", zero))
         loss = total.mean()
@@ -176,7 +192,7 @@ class OmniFuse(FusionModel):
 
         def distance(combo: tuple[int, ...]) -> torch.Tensor:
             avail = present & combo_mask(combo, self.num_modalities, present.device)
-            _, _, _, joint = self.complete(v_true, v_miss, avail)
+            _, _, _, joint = self.complete(v_true, v_miss, avail, need_output=False)
             logits = self.joint_head(joint)
             if noisy_select is not None:
                 return (1.0 - self.task.p_true(logits, y).mean(dim=1)).clamp(0.0, 1.0)
