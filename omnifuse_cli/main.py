@@ -133,11 +133,14 @@ def demo(out: Path, config: str, sites: int, seed: int, mode: str) -> None:
     if not (data / "federation.yaml").is_file():
         generate_federation("demo", sites, data, seed=seed)
     run_dir = _run_mode(mode, cfg, data, out / "run")
+    from omnifuse_core.report import write_report
+    report = write_report(run_dir, sites=[data])
     click.echo(f"demo finished: run directory {run_dir.resolve()}")
     click.echo(f"metrics: {(run_dir / 'metrics.json').resolve()}")
-    report = run_dir / "report.html"
-    if report.is_file():
-        click.echo(f"report: {report.resolve()}")
+    privacy = run_dir / "privacy"
+    if privacy.is_dir():
+        click.echo(f"privacy reports: {privacy.resolve()}")
+    click.echo(f"report: {Path(report).resolve()}")
 
 
 @cli.command("privacy-report")

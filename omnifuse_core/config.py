@@ -104,7 +104,7 @@ class Config:
     noise_multiplier: float = 0.0  # 0 = calibrate once for the planned schedule
     planned_rounds: int = 0  # 0 = use `rounds`
     accountant: str = "prv"  # headline accountant: prv | rdp
-    tla_noise_scale: float = 1.0  # Laplace scale for report-noisy-max over clipped per-sample distances
+    tla_noise_scale: float = 20.0  # Laplace scale b of TLA report-noisy-max (costs 1/b per local epoch)
     central_dp: bool = False
     central_noise_multiplier: float = 1.0
     central_clip_norm: float = 1.0
@@ -137,6 +137,8 @@ class Config:
                 raise ConfigError(f"config key '{_ext(key)}' must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.hide_prob <= 1.0:
             raise ConfigError(f"config key 'hide-prob' must lie in [0, 1], got {self.hide_prob}")
+        if self.image_channels not in (1, 3):
+            raise ConfigError(f"config key 'image-channels' must be 1 or 3, got {self.image_channels}")
         if self.dp and not (0 < self.delta < 1):
             raise ConfigError(f"config key 'delta' must lie in (0, 1), got {self.delta}")
         return self

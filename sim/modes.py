@@ -23,6 +23,7 @@ from omnifuse_core.config import Config
 from omnifuse_core.data.site import SiteData, load_site
 from omnifuse_core.data.stats import combine_stats, site_stats
 from omnifuse_core.models import build_model
+from omnifuse_core.provenance import run_provenance
 from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
 from omnifuse_core.weights import get_trainable
 from server.checkpoint import Checkpoint, save_checkpoint
@@ -61,7 +62,13 @@ def _recorder(cfg: Config, out: Path, mode: str) -> RunRecorder:
     rec = RunRecorder(cfg)
     rec.data["mode"] = mode
     rec.data["strategy"] = None
+    rec.data["provenance"] = run_provenance(cfg)
     return rec
+
+
+def _availability(sites: list[SiteData]) -> dict:
+    """Per site and split: patients and how many have each modality (aggregates, shown in the report)."""
+    return {s.name: {split: ds.modality_counts() for split, ds in s.splits.items()} for s in sites}
 
 
 def _model_state(model, sites: list[SiteData], extra: dict) -> dict:
@@ -98,9 +105,11 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
         test = _site_metrics(model, sites, "test", cfg, device)
         pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
         rec.record_final({"global": weighted_global(test), "sites": test, "pooled": pooled, "split": "test",
-                          "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites}})
+                          "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites},
+                          "availability": _availability(sites)})
         save_checkpoint(rec.checkpoints, Checkpoint(cfg.rounds, get_trainable(model),
-                                                    state=_model_state(model, sites, {"mode": "centralized"})))
+                                                    state=_model_state(model, sites, {"mode": "centralized"}),
+                                                    stats=sites[0].stats))
     finally:
         rec.detach_log()
     return rec.root
@@ -117,13 +126,14 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
         models = {s.name: build_model(s.specs, s.task, cfg) for s in sites}
         for rnd in range(1, cfg.rounds + 1):
             start = time.perf_counter()
-            val, train_metrics = {}, {}
+            val, train_metrics, traces = {}, {}, {}
             for s in sites:
-                train_metrics[s.name] = train_local(models[s.name], s.train, cfg, device=device, seed_offset=rnd).metrics
+                result = train_local(models[s.name], s.train, cfg, device=device, seed_offset=rnd)
+                train_metrics[s.name], traces[s.name] = result.metrics, result.trace
                 if len(s.val):
                     val[s.name] = evaluate(models[s.name], s.val, cfg, device=device)
             rec.record_round({"round": rnd, "global": weighted_global(val), "sites": val, "train": train_metrics,
-                              "seconds": time.perf_counter() - start})
+                              "trace": traces, "seconds": time.perf_counter() - start})
             if progress:
                 progress(rnd)
         test, modes = {}, {}
@@ -132,9 +142,11 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
             if len(s.test):
                 test[s.name] = evaluate(models[s.name], s.test, cfg, device=device)
             save_checkpoint(rec.checkpoints / s.name, Checkpoint(
-                cfg.rounds, get_trainable(models[s.name]), state=_model_state(models[s.name], [s], {"mode": "local"})))
+                cfg.rounds, get_trainable(models[s.name]), state=_model_state(models[s.name], [s], {"mode": "local"}),
+                stats=s.stats))
         rec.record_final({"global": weighted_global(test), "sites": test, "split": "test",
-                          "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites}})
+                          "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites},
+                          "availability": _availability(sites)})
     finally:
         rec.detach_log()
     return rec.root
