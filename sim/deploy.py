@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,12 +35,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def flower_env(work: Path) -> dict[str, str]:
-    """Environment for every Flower process: isolated FLWR_HOME, no telemetry, no runtime installs."""
+def flower_env(work: Path, ray_tmp: Optional[Path] = None) -> dict[str, str]:
+    """Environment for every Flower process: isolated FLWR_HOME, no telemetry, no runtime installs.
+
+    ``ray_tmp`` must be a *short* path: Ray puts AF_UNIX sockets below it (107-byte limit).
+    """
     env = dict(os.environ)
     env.update({
         "FLWR_HOME": str(work / "flwr_home"), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_TMPDIR": str(work / "ray"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_TMPDIR": str(ray_tmp or work / "ray"),
         "UV_CACHE_DIR": str(work / "uv_cache"), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
     })
@@ -96,6 +101,16 @@ class Processes:
         for _, proc in self.procs:
             proc.wait(timeout=10)
         self.procs.clear()
+        # Orphans (e.g. Ray workers whose parent already exited) are found by the unique RAY_TMPDIR in their env.
+        marker = f"RAY_TMPDIR={self.env['RAY_TMPDIR']}\0".encode()
+        deadline = time.monotonic() + grace
+        while (left := [p for p in marked_processes(marker) if is_running(p)]) and time.monotonic() < deadline:
+            for pid in left:
+                _signal_pid(pid, signal.SIGKILL)
+            self.stopped_pids += [p for p in left if p not in self.stopped_pids]
+            time.sleep(0.2)
+        if left:
+            log.warning("processes %s of this run did not stop", left)
 
 
 def descendants(pid: int) -> list[int]:
@@ -113,6 +128,18 @@ def descendants(pid: int) -> list[int]:
         out.append(child)
         todo.extend(children.get(child, []))
     return out
+
+
+def marked_processes(marker: bytes) -> list[int]:
+    """PIDs whose environment contains ``marker`` (only this user's processes are readable)."""
+    hits = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in env.read_bytes():
+                hits.append(int(env.parent.name))
+        except (OSError, ValueError):
+            continue
+    return [p for p in hits if p != os.getpid()]
 
 
 def is_running(pid: int) -> bool:
@@ -271,11 +298,13 @@ def flwr_run(procs: Processes, run_config: Mapping[str, object], *, federation_c
 def flower_processes(work: Path) -> Iterator[Processes]:
     """A :class:`Processes` whose every process is stopped on exit, whatever happens."""
     work.mkdir(parents=True, exist_ok=True)
-    procs = Processes(work=work, env=flower_env(work))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ofl-ray-"))  # short: Ray's socket paths must fit in 107 bytes
+    procs = Processes(work=work, env=flower_env(work, ray_tmp))
     try:
         yield procs
     finally:
         procs.stop_all()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def run_deployment(sites: Sequence[Path], run_config: Mapping[str, object], work: Path, *,

@@ -26,6 +26,13 @@ def _num_sites(data_root: Path) -> int:
     return len(sites)
 
 
+def _gpu_share(parallel: int) -> float:
+    """Each virtual node's share of one GPU when CUDA is present (Ray hides GPUs from actors that ask for none)."""
+    import torch
+
+    return round(1.0 / max(1, parallel), 3) if torch.cuda.is_available() else 0.0
+
+
 def run_federated(cfg: Config, data_root: Path, out: Path, *, resume: bool = False, parallel: int = 2,
                   timeout: float = 6 * 3600) -> Path:
     """Federated training in Flower's simulation runtime, one virtual node per site of ``data_root``.
@@ -55,8 +62,8 @@ def run_federated(cfg: Config, data_root: Path, out: Path, *, resume: bool = Fal
     with flower_processes(work) as procs:
         port = start_superlink(procs, simulation=True)
         write_connection(procs.env, port)
-        cpus = max(1, 2 // max(1, parallel)) if parallel <= 2 else 1
-        fed = f"num-supernodes={n} client-resources-num-cpus={cpus} init-args-num-cpus={max(parallel, cpus)}"
+        fed = (f"num-supernodes={n} client-resources-num-cpus=1 init-args-num-cpus={max(1, parallel)} "
+               f"client-resources-num-gpus={_gpu_share(parallel)}")
         flwr_run(procs, {"config": str(resolved), "resume": resume}, federation_config=fed, timeout=timeout)
     metrics = out / "metrics.json"
     if not metrics.exists() or '"final": {}' in metrics.read_text():
