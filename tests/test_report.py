@@ -69,9 +69,10 @@ def test_report_without_sites_uses_run_records_only(run, tmp_path):
     html = write_report(copy).read_text()
     assert_self_contained(html)
     assert "<img" in section(html, "rounds") and "<img" in section(html, "tla")
+    assert "recorded by the run" in section(html, "availability")  # final.availability in metrics.json
     for sid in ("roc", "calibration", "embedding"):
         assert "<img" not in section(html, sid) and "--site DIR" in section(html, sid)
-    assert html.count("<img") == 3
+    assert html.count("<img") == 4
 
 
 def test_federated_records_and_privacy_reports(run, tmp_path):
@@ -79,6 +80,7 @@ def test_federated_records_and_privacy_reports(run, tmp_path):
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report.html", "model_card.md"))
     metrics = json.loads((copy / "metrics.json").read_text())
     metrics["mode"] = "federated"
+    metrics["final"].pop("availability", None)  # the ServerApp records counts per round instead
     for rnd in metrics["rounds"]:  # the ServerApp's layout: per-site train records with counts and trace
         rnd["train"] = {"hospital_a": {"counts": {"ehr": 28, "image": 17, "n": 28, "any": 28},
                                        "trace": {"lazy": ["ehr+image"]}}}
