@@ -88,7 +88,9 @@ class Config:
     # --- federation ----------------------------------------------------------------------------------------
     rounds: int = 3
     strategy: str = "modality_aware"  # modality_aware | fedavg | fedprox | fedadam | fedyogi | trimmed_mean | median
-    min_sites: int = 1
+    min_sites: int = 1  # SuperNodes that must be connected before setup and before each round starts
+    min_train_replies: int = 1  # valid site updates a round needs to be aggregated (else the model is kept)
+    round_timeout: float = 3600.0  # seconds the server waits for a round's replies; late sites count as missing
     fraction_train: float = 1.0
     server_lr: float = 0.01
     trim_fraction: float = 0.2
@@ -132,9 +134,12 @@ class Config:
             raise ConfigError("config key 'modalities' is empty; list at least one modality, e.g. 'ehr,image'")
         if len(set(self.modality_list)) != len(self.modality_list):
             raise ConfigError(f"config key 'modalities' repeats a name: {self.modalities!r}")
-        for key in ("batch_size", "local_epochs", "embed_dim", "cra_blocks", "rounds"):
+        for key in ("batch_size", "local_epochs", "embed_dim", "cra_blocks", "rounds", "min_sites",
+                    "min_train_replies"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key '{_ext(key)}' must be >= 1, got {getattr(self, key)}")
+        if not self.round_timeout > 0:
+            raise ConfigError(f"config key 'round-timeout' must be > 0 seconds, got {self.round_timeout}")
         if not 0.0 <= self.hide_prob <= 1.0:
             raise ConfigError(f"config key 'hide-prob' must lie in [0, 1], got {self.hide_prob}")
         if self.image_channels not in (1, 3):

@@ -11,6 +11,10 @@ Every rule maps the current global weights and the validated site updates to new
   Adam/Yogi step (learning rate ``server_lr``) applies (Reddi et al. 2021, as in Flower's FedOpt).
 * ``trimmed_mean``: coordinate-wise mean after dropping ``floor(trim_fraction * k)`` lowest and highest values.
 * ``median``: coordinate-wise median.
+
+The two robust rules are unweighted (one site, one vote: a site cannot buy influence by claiming a large count) and,
+like ``modality_aware``, take each parameter group only over the sites that trained it (count > 0), so a site
+without images does not drag the image encoder back towards its old value.
 """
 from __future__ import annotations
 
@@ -109,6 +113,22 @@ class FedAvg(Aggregator):
         return out
 
 
+def _per_group(global_w: Mapping[str, np.ndarray], updates: list[SiteUpdate], groups: Mapping[str, str],
+               combine: Callable[[np.ndarray], np.ndarray]) -> Weights:
+    """``combine`` (over axis 0 of the stacked site values) per parameter, over the sites that trained its group.
+
+    A site with no count for the group's key (``enc:<m>`` -> ``m``, shared -> ``any``) does not take part; when no
+    update carries counts at all (e.g. unit tests), every update takes part. No contributor -> previous global value.
+    """
+    out: Weights = {}
+    for name, old in global_w.items():
+        key = group_count_key(groups.get(name, "shared"))
+        contrib = [u.arrays[name] for u in updates if not u.counts or u.counts.get(key, 0) > 0]
+        out[name] = (combine(np.stack([a.astype(np.float64) for a in contrib])).astype(np.float32) if contrib
+                     else np.array(old, dtype=np.float32, copy=True))
+    return out
+
+
 class TrimmedMean(Aggregator):
     """Coordinate-wise trimmed mean (unweighted, robust to a minority of outlying sites)."""
 
@@ -119,16 +139,13 @@ class TrimmedMean(Aggregator):
             raise ValueError(f"config key 'trim-fraction' must lie in [0, 0.5), got {trim_fraction}")
         self.trim_fraction = trim_fraction
 
-    def aggregate(self, global_w, updates, groups):
-        if not updates:
-            return {n: np.array(v, dtype=np.float32, copy=True) for n, v in global_w.items()}
-        k = len(updates)
+    def _trimmed(self, stacked: np.ndarray) -> np.ndarray:
+        k = stacked.shape[0]
         cut = int(math.floor(self.trim_fraction * k))
-        out: Weights = {}
-        for name in global_w:
-            stacked = np.sort(np.stack([u.arrays[name].astype(np.float64) for u in updates]), axis=0)
-            out[name] = stacked[cut:k - cut].mean(axis=0).astype(np.float32)
-        return out
+        return np.sort(stacked, axis=0)[cut:k - cut].mean(axis=0)
+
+    def aggregate(self, global_w, updates, groups):
+        return _per_group(global_w, updates, groups, self._trimmed)
 
 
 class Median(Aggregator):
@@ -137,10 +154,7 @@ class Median(Aggregator):
     name = "median"
 
     def aggregate(self, global_w, updates, groups):
-        if not updates:
-            return {n: np.array(v, dtype=np.float32, copy=True) for n, v in global_w.items()}
-        return {n: np.median(np.stack([u.arrays[n].astype(np.float64) for u in updates]), axis=0).astype(np.float32)
-                for n in global_w}
+        return _per_group(global_w, updates, groups, lambda stacked: np.median(stacked, axis=0))
 
 
 class FedOpt(Aggregator):

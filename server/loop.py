@@ -67,7 +67,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
     for rnd in range(start, cfg.rounds + 1):
         t_round = time.monotonic()
         replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base)), grid),
-                                        timeout=TIMEOUT_S)
+                                        timeout=cfg.round_timeout)
         new_arrays, _ = strategy.aggregate_train(rnd, replies)
         if new_arrays is None:
             log.error("round %d: no valid site update; the global model is unchanged", rnd)
@@ -83,7 +83,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             "train": {s: {**P.unprefixed(P.TRAIN_PREFIX, m), "counts": P.metrics_to_counts(m),
                           "steps": m.get(P.STEPS), "trace": json.loads(strategy.train_info[s].get(P.TRACE_JSON, "{}"))}
                       for s, m in strategy.train_sites.items()},
-            "rejected": dict(strategy.rejected), "prediction_mode": mode or None,
+            "rejected": dict(strategy.rejected), "missing": dict(strategy.missing), "prediction_mode": mode or None,
             "seconds": round(time.monotonic() - t_round, 2)})
         log.info("round %d/%d: global %s = %s (%.1f s)", rnd, cfg.rounds, head, glob.get(head),
                  time.monotonic() - t_round)
@@ -102,7 +102,8 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
 
 def _evaluate(grid, strategy: OmniFuseStrategy, rnd: int, arrays, base: dict, split: str, mode: str) -> dict:
     config = ConfigRecord({**base, P.SPLIT: split, P.PREDICTION_MODE: mode or ""})
-    replies = grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid), timeout=TIMEOUT_S)
+    replies = grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid),
+                                    timeout=strategy.cfg.round_timeout)
     strategy.aggregate_evaluate(rnd, replies)
     return weighted_global(strategy.eval_sites) if strategy.eval_sites else {}
 

@@ -53,11 +53,15 @@ class OmniFuseStrategy(FedAvg):
         self.train_info: dict[str, dict] = {}
         self.eval_sites: dict[str, dict] = {}
         self.rejected: dict[str, str] = {}
+        self.missing: dict[str, str] = {}  # site -> why it contributed no update this round
+        self._sampled: list[int] = []
+        self._connected: set[int] = set()
 
     def _site(self, msg: Message) -> str:
         if msg.has_content() and P.INFO in msg.content.config_records:
             name = msg.content.config_records[P.INFO].get(P.SITE)
             if name:
+                self.node_sites.setdefault(msg.metadata.src_node_id, str(name))  # a restarted node has a new id
                 return str(name)
         node = msg.metadata.src_node_id
         return self.node_sites.get(node, f"node-{node}")
@@ -70,13 +74,18 @@ class OmniFuseStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._sent = to_numpy(arrays)
-        self.train_sites, self.train_info, self.rejected = {}, {}, {}
-        return super().configure_train(server_round, arrays, config, grid)
+        self.train_sites, self.train_info, self.rejected, self.missing = {}, {}, {}, {}
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sampled = [m.metadata.dst_node_id for m in messages]
+        self._connected = set(grid.get_node_ids())
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates: list[SiteUpdate] = []
+        replied: set[int] = set()
         for msg in replies:
+            replied.add(msg.metadata.src_node_id)
             site = self._site(msg)
             if msg.has_error():
                 self._reject(site, f"site error: {msg.error.reason}")
@@ -99,12 +108,33 @@ class OmniFuseStrategy(FedAvg):
             self.train_info[site] = dict(msg.content.config_records[P.INFO]) if P.INFO in msg.content.config_records \
                 else {}
         self.train_sites = dict(sorted(self.train_sites.items()))
+        self.missing = self._missing_sites(replied)
         log.info("round %d: aggregating %d site update(s) with '%s'; %d left out", server_round, len(updates),
                  self.cfg.strategy, len(self.rejected))
-        if not updates:
+        if self.missing:
+            log.warning("round %d: no update from site(s) %s", server_round,
+                        "; ".join(f"'{s}' ({r})" for s, r in self.missing.items()))
+        if len(updates) < self.cfg.min_train_replies:
+            log.error("round %d: %d valid update(s) < min-train-replies=%d; not aggregating (the global model is "
+                      "kept)", server_round, len(updates), self.cfg.min_train_replies)
             return None, None
         new = self.aggregator.aggregate(self._sent, updates, self.groups)
         return to_record(new), MetricRecord({"sites-accepted": len(updates), "sites-rejected": len(self.rejected)})
+
+    def _missing_sites(self, replied: set[int]) -> dict[str, str]:
+        """Every site of the federation without an accepted update this round, with the reason."""
+        out: dict[str, str] = {}
+        for node in self._sampled:
+            if node not in replied:
+                out[self.node_sites.get(node, f"node-{node}")] = (f"no reply within round-timeout="
+                                                                  f"{self.cfg.round_timeout:g} s")
+        for site, reason in self.rejected.items():
+            out.setdefault(site, reason)
+        connected = {self.node_sites.get(n, f"node-{n}") for n in self._connected | set(self._sampled)}
+        for site in self.node_sites.values():
+            if site not in self.train_sites and site not in out and site not in connected:
+                out[site] = "not connected when the round started"
+        return dict(sorted(out.items()))
 
     # --- evaluate ------------------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
