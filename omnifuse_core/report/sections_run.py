@@ -26,6 +26,8 @@ class Section:
 def fmt(v, spec: str = ".3f") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
+    if isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1):
+        return str(int(v))  # counts, rounds, n
     return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else html.escape(str(v))
 
 
