@@ -76,13 +76,19 @@ def query_describe(msg: Message, context: Context) -> Message:
 @app.train()
 @_guard
 def train(msg: Message, context: Context) -> Message:
-    """Local training from the global weights; replies with trainable weights, counts and local metrics."""
+    """Local training from the global weights; replies with trainable weights, counts and local metrics.
+
+    With ``dp: true`` the site's privacy layer runs first and last: a refused round (corrupt ledger, budget cap)
+    becomes an error reply naming the site and the projected epsilon; the spend is in the site's ledger before
+    this reply is built, and the reply carries ``privacy.*`` metrics and the site's privacy report (JSON).
+    """
     cfg, raw = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
     site = rt.load_site_cached(node.path, cfg, _stats(raw))
     weights, metrics, info = rt.run_train(site, cfg, _weights(msg), specs_json=raw[P.SPECS_JSON],
                                           task_json=raw[P.TASK_JSON], node=node,
-                                          server_round=int(raw.get(P.SERVER_ROUND, 0)))
+                                          server_round=int(raw.get(P.SERVER_ROUND, 0)),
+                                          run_id=f"flower-{msg.metadata.run_id}")
     content = RecordDict({P.ARRAYS: ArrayRecord({n: Array(a) for n, a in weights.items()}),
                           P.METRICS: MetricRecord(metrics), P.INFO: ConfigRecord(info)})
     return Message(content, reply_to=msg)

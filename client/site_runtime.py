@@ -139,8 +139,12 @@ def build_site_model(site, cfg: Config, specs_json: str, task_json: str):
 
 
 def run_train(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_json: str, task_json: str,
-              node: NodeSite, server_round: int, dp=None) -> tuple[dict[str, np.ndarray], dict[str, float], dict]:
-    """One round of local training (the seam where the privacy layer plugs in DP settings and ledger calls).
+              node: NodeSite, server_round: int, run_id: str = "") -> tuple[dict[str, np.ndarray], dict[str, float],
+                                                                         dict]:
+    """One round of local training; with ``cfg.dp`` through the site's privacy layer (``client.site_privacy``).
+
+    Under DP the site refuses the round (:class:`~client.site_privacy.PrivacyRefused`) when its ledger is corrupt or
+    the round would exceed its cap, and records the spend in its ledger before this function returns.
 
     Args:
         site: the loaded ``SiteData``.
@@ -148,33 +152,49 @@ def run_train(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_js
         global_w: global trainable weights.
         specs_json, task_json: the federation's model shapes (from the server).
         node: this node's site options (device, state dir, max-epsilon).
-        server_round: the round number (offsets the local seed).
-        dp: ``omnifuse_core.trainer.DPSettings`` or None.
+        server_round: the round number (offsets the local seed; recorded in the privacy ledger).
+        run_id: run identifier recorded in the privacy ledger (default: derived from ``cfg.run_dir``).
 
     Returns:
         ``(weights, metrics, info)``: trainable weights after training; numbers only (``count.*``, ``train.*``,
-        ``steps``); strings (site name and the per-epoch trace as JSON).
+        ``steps``, ``privacy.*``); strings (site name, the per-epoch trace as JSON, the privacy report as JSON).
     """
     from omnifuse_core.trainer import resolve_device, train_local
 
-    if cfg.dp and dp is None:
-        raise SiteSetupError("config asks for dp: true but no DP settings were prepared for this site; refusing to "
-                             "train without the privacy layer (fail closed)")
     device = resolve_device(node.device)
     model = build_site_model(site, cfg, specs_json, task_json)
     set_trainable(model, global_w)
     prox = None
     if cfg.strategy == "fedprox" or cfg.proximal_mu > 0:
         prox = {n: torch.as_tensor(np.asarray(a)) for n, a in global_w.items()}
-    result = train_local(model, site.train, cfg, device=device, prox_center=prox, dp=dp, seed_offset=server_round)
+
+    def train(run_cfg: Config, dp):
+        return train_local(model, site.train, run_cfg, device=device, prox_center=prox, dp=dp,
+                           seed_offset=server_round)
+
+    privacy, report = {}, None
+    if cfg.dp:
+        from . import site_privacy
+
+        result, privacy, report = site_privacy.dp_round(
+            site, cfg, state_dir=node.state_dir, max_epsilon=node.max_epsilon, server_round=server_round,
+            run_id=site_privacy.run_id_of(cfg, run_id or "run-unknown"),
+            uses_tla=bool(getattr(model, "use_tla", False)), train=train)
+    else:
+        result = train(cfg, None)
     metrics: dict[str, float] = {}
     metrics.update(P.counts_to_metrics(result.counts))
     metrics.update(P.prefixed(P.TRAIN_PREFIX, result.metrics))
+    metrics.update(P.prefixed(P.PRIVACY_PREFIX, privacy))
     metrics[P.STEPS] = int(result.steps)
     # Only the chosen lazy combination per epoch leaves the site (the "traceable" part); the per-combination
     # scores are sums over patients and stay local.
     trace = {k: v for k, v in result.trace.items() if k in SHARED_TRACE_KEYS}
     info = {P.SITE: site.name, P.TRACE_JSON: json.dumps(_jsonable(trace))}
+    if report is not None:
+        from omnifuse_core.privacy.report import REPORT_INFO_KEY
+
+        info[REPORT_INFO_KEY] = json.dumps(report, default=str)
     return get_trainable(model), metrics, info
 
 

@@ -15,6 +15,7 @@ from omnifuse_core.config import Config
 from omnifuse_core.metrics import headline_metric
 
 from .checkpoint import Checkpoint, load_latest, save_checkpoint
+from .privacy import PrivacyRollup
 from .run_dir import RunRecorder, weighted_global
 from .setup import exchange, initial_model
 from .strategy import OmniFuseStrategy, to_numpy, to_record
@@ -53,6 +54,11 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
     weights, shapes, groups = initial_model(cfg, fed.specs_json, fed.task_json)
     start, mode = 1, "" if cfg.prediction == "auto" else cfg.prediction
     strategy = OmniFuseStrategy(cfg, shapes=shapes, groups=groups, node_sites=fed.node_sites)
+    privacy = PrivacyRollup(cfg, rec.root)
+    if privacy.central is not None:  # central DP replaces the aggregation rule (see server/privacy.py)
+        log.warning("central-dp: aggregation is the uniform mean of clipped updates (DP-FedAvg) instead of '%s'",
+                    cfg.strategy)
+        strategy.aggregator = privacy.central
     if ckpt is not None:
         if ckpt.state.get("config_digest") != cfg.digest():
             log.warning("resuming from a checkpoint written with a different config (digest %s, now %s)",
@@ -66,8 +72,10 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
     head = headline_metric(cfg.task)
     for rnd in range(start, cfg.rounds + 1):
         t_round = time.monotonic()
-        replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base)), grid),
-                                        timeout=cfg.round_timeout)
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base)), grid))
+        if privacy.central is not None:
+            privacy.central.begin_round(len(messages))
+        replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
         new_arrays, _ = strategy.aggregate_train(rnd, replies)
         if new_arrays is None:
             log.error("round %d: no valid site update; the global model is unchanged", rnd)
@@ -83,8 +91,10 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             "train": {s: {**P.unprefixed(P.TRAIN_PREFIX, m), "counts": P.metrics_to_counts(m),
                           "steps": m.get(P.STEPS), "trace": json.loads(strategy.train_info[s].get(P.TRACE_JSON, "{}"))}
                       for s, m in strategy.train_sites.items()},
-            "rejected": dict(strategy.rejected), "missing": dict(strategy.missing), "prediction_mode": mode or None,
-            "seconds": round(time.monotonic() - t_round, 2)})
+            "rejected": dict(strategy.rejected), "missing": dict(strategy.missing),
+            **privacy.collect(strategy.train_info, strategy.rejected),
+            "prediction_mode": mode or None, "seconds": round(time.monotonic() - t_round, 2)})
+        _write_privacy(rec, privacy)
         log.info("round %d/%d: global %s = %s (%.1f s)", rnd, cfg.rounds, head, glob.get(head),
                  time.monotonic() - t_round)
         save_checkpoint(rec.checkpoints, Checkpoint(
@@ -98,6 +108,14 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
                       "prediction_mode": mode or None, "rounds": cfg.rounds,
                       "seconds": round(time.monotonic() - t0, 2)})
     log.info("final test %s = %s; metrics in %s", head, glob.get(head), rec.path)
+
+
+def _write_privacy(rec: RunRecorder, privacy: PrivacyRollup) -> None:
+    """``RUN/privacy/`` after every round; the central-DP (client-level) epsilon also goes to metrics.json."""
+    summary = privacy.write(rec.data["rounds"])
+    if summary and summary.get("central_dp"):
+        rec.data["privacy_central"] = summary["central_dp"]
+        rec.write()
 
 
 def _evaluate(grid, strategy: OmniFuseStrategy, rnd: int, arrays, base: dict, split: str, mode: str) -> dict:

@@ -193,7 +193,9 @@ def cross_check_epsilon(history: Sequence[Sequence[float]], delta: float, pure_e
         pure_events: ``(epsilon0, count)`` pure-DP events (zCDP in RDP; worst-case (eps0, 0) PLD in PLD).
 
     Returns:
-        ``{"rdp": eps, "rdp_order": alpha, "pld": eps, "library": "dp-accounting <version>"}``.
+        ``{"rdp": eps, "rdp_order": alpha, "pld": eps, "pld_basic": eps, "library": "dp-accounting <version>"}``;
+        ``pld_basic`` composes the pure events by basic composition (PLD of the DP-SGD history + sum of
+        ``count * epsilon0``), the same way as the PRV headline, so the two are directly comparable.
     """
     import dp_accounting
     from dp_accounting.pld import common as pld_common
@@ -204,7 +206,8 @@ def cross_check_epsilon(history: Sequence[Sequence[float]], delta: float, pure_e
     hist, pure = normalize_history(history), normalize_pure(pure_events)
     version = importlib.metadata.version("dp-accounting")
     if not hist and not pure:
-        return {"rdp": 0.0, "rdp_order": float("nan"), "pld": 0.0, "library": f"dp-accounting {version}"}
+        return {"rdp": 0.0, "rdp_order": float("nan"), "pld": 0.0, "pld_basic": 0.0,
+                "library": f"dp-accounting {version}"}
     events = [dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
         for sigma, q, steps in hist]
@@ -219,12 +222,13 @@ def cross_check_epsilon(history: Sequence[Sequence[float]], delta: float, pure_e
         part = pld_lib.from_gaussian_mechanism(sigma, sampling_prob=q,
                                                value_discretization_interval=PLD_DISCRETIZATION).self_compose(steps)
         pld = part if pld is None else pld.compose(part)
+    basic = (float(pld.get_epsilon_for_delta(delta)) if pld is not None else 0.0) + sum(e * c for e, c in pure)
     for eps0, count in pure:
         part = pld_lib.from_privacy_parameters(pld_common.DifferentialPrivacyParameters(eps0, 0.0),
                                                value_discretization_interval=PLD_DISCRETIZATION).self_compose(count)
         pld = part if pld is None else pld.compose(part)
     return {"rdp": float(rdp_eps), "rdp_order": float(rdp_order), "pld": float(pld.get_epsilon_for_delta(delta)),
-            "library": f"dp-accounting {version}"}
+            "pld_basic": basic, "library": f"dp-accounting {version}"}
 
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, total_steps: int,
@@ -244,8 +248,6 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     Returns:
         The noise multiplier sigma.
     """
-    from opacus.accountants.utils import get_noise_multiplier
-
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     _check_delta(delta)
@@ -255,6 +257,15 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r} (q = batch_size / N)")
     if int(total_steps) != total_steps or total_steps < 1:
         raise ValueError(f"total_steps must be a whole number >= 1, got {total_steps!r}")
+    return _calibrate_cached(float(target_epsilon), float(delta), float(sample_rate), int(total_steps), accountant,
+                             float(epsilon_tolerance))
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrate_cached(target_epsilon: float, delta: float, sample_rate: float, total_steps: int, accountant: str,
+                      epsilon_tolerance: float) -> float:
+    from opacus.accountants.utils import get_noise_multiplier
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Opacus warns about boundary RDP orders while bracketing sigma

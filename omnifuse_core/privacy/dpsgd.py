@@ -98,6 +98,21 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
     return dp_model, dp_optimizer, dp_loader
 
 
+def planned_steps_per_epoch(n: int, batch_size: int) -> tuple[float, int]:
+    """``(q, steps)`` of one Poisson pass exactly as :func:`make_private` and Opacus take it.
+
+    ``q = min(B, N) / N`` and Opacus' sampler makes ``int(1 / q)`` steps per pass (not ``ceil``).
+
+    Args:
+        n: number of training records N.
+        batch_size: expected batch size B (config key batch-size).
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n!r} batch_size={batch_size!r}")
+    q = min(int(batch_size), int(n)) / int(n)
+    return q, int(1 / q)
+
+
 def dp_history(dp_optimizer: torch.optim.Optimizer) -> list[tuple[float, float, int]]:
     """``[(noise_multiplier, sample_rate, steps)]`` of the steps this optimizer actually took (noise added)."""
     acc = getattr(dp_optimizer, "omnifuse_accountant", None)

@@ -22,6 +22,9 @@ from .noisy_max import pure_events_from
 
 log = logging.getLogger(__name__)
 
+REPORT_INFO_KEY = "privacy-report-json"  # a site's report travels in its train reply's info ConfigRecord
+SUMMARY_NAME = "summary.json"
+
 SCOPE = {
     "protected": ["every model update sent by the site during the run", "all checkpoints and the final model "
                   "(post-processing of the protected updates)", "the TLA laziest-combination selections"],
@@ -181,11 +184,22 @@ def federation_summary(site_reports: Sequence[dict], central: dict | None = None
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "site"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "site"
+
+
+def report_filename(site: str) -> str:
+    """``<site>.json`` (characters outside ``[A-Za-z0-9._-]`` become ``_``); a site named ``summary`` gets
+    ``site-summary.json`` so it never overwrites the federation summary."""
+    name = f"{_safe(site)}.json"
+    return f"site-{name}" if name == SUMMARY_NAME else name
+
+
+def _report_files(d: Path) -> list[Path]:
+    return [f for f in sorted(d.glob("*.json")) if f.name != SUMMARY_NAME]
 
 
 def write_reports(run_dir: str | Path, site_reports: Sequence[dict], summary: dict) -> dict:
-    """Write ``RUN/privacy/site-<name>.json``, ``summary.json``, ``privacy.md`` and ``privacy.html``.
+    """Write ``RUN/privacy/<site>.json`` (one per site), ``summary.json``, ``privacy.md`` and ``privacy.html``.
 
     Returns:
         ``{"dir", "json": [...], "summary", "markdown", "html"}`` paths as strings.
@@ -196,14 +210,14 @@ def write_reports(run_dir: str | Path, site_reports: Sequence[dict], summary: di
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for r in site_reports:
-        p = out / f"site-{_safe(r['site'])}.json"
+        p = out / report_filename(str(r["site"]))
         p.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
         paths.append(str(p))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     (out / "privacy.md").write_text(render_markdown(site_reports, summary), encoding="utf-8")
     (out / "privacy.html").write_text(render_html(site_reports, summary), encoding="utf-8")
     log.info("privacy reports written to %s", out)
-    return {"dir": str(out), "json": paths, "summary": str(out / "summary.json"),
+    return {"dir": str(out), "json": paths, "summary": str(out / SUMMARY_NAME),
             "markdown": str(out / "privacy.md"), "html": str(out / "privacy.html")}
 
 
@@ -230,7 +244,7 @@ def load_report_source(path: str | Path, *, delta: float = 1e-5,
     """Load site reports from a run directory, its ``privacy/`` folder, a ledger file or a site state dir.
 
     Args:
-        path: run dir (``RUN/privacy/site-*.json``), ledger ``.jsonl`` file, or a dir holding ``privacy-ledger/``.
+        path: run dir (``RUN/privacy/<site>.json``), ledger ``.jsonl`` file, or a dir holding ``privacy-ledger/``.
         delta: delta used when building reports from ledgers.
         max_epsilon: cap shown when building reports from ledgers.
 
@@ -239,14 +253,24 @@ def load_report_source(path: str | Path, *, delta: float = 1e-5,
     """
     p = Path(path)
     for d in (p / "privacy", p):
-        if d.is_dir() and list(d.glob("site-*.json")):
+        if d.is_dir() and _report_files(d):
             reports = []
-            for f in sorted(d.glob("site-*.json")):
+            for f in _report_files(d):
                 try:
-                    reports.append(json.loads(f.read_text(encoding="utf-8")))
+                    data = json.loads(f.read_text(encoding="utf-8"))
                 except (OSError, json.JSONDecodeError) as exc:
                     raise ValueError(f"privacy report {f} is unreadable ({exc}); re-run the report") from exc
-            return reports, federation_summary(reports)
+                if not isinstance(data, dict) or "site" not in data or "epsilon" not in data:
+                    raise ValueError(f"{f} is not a site privacy report (no 'site'/'epsilon'); remove it from "
+                                     f"{d} or re-run the report")
+                reports.append(data)
+            summary = None
+            if (d / SUMMARY_NAME).is_file():
+                try:
+                    summary = json.loads((d / SUMMARY_NAME).read_text(encoding="utf-8"))
+                except (OSError, json.JSONDecodeError) as exc:
+                    log.warning("%s is unreadable (%s); rebuilding the summary", d / SUMMARY_NAME, exc)
+            return reports, federation_summary(reports, (summary or {}).get("central_dp"))
     if p.is_file():
         ledgers = [PrivacyLedger.from_file(p)]
     elif (p / "privacy-ledger").is_dir():
@@ -254,7 +278,7 @@ def load_report_source(path: str | Path, *, delta: float = 1e-5,
     else:
         ledgers = []
     if not ledgers:
-        raise FileNotFoundError(f"{p}: no privacy reports (RUN/privacy/site-*.json) or ledgers "
+        raise FileNotFoundError(f"{p}: no privacy reports (RUN/privacy/<site>.json) or ledgers "
                                 "(<state-dir>/privacy-ledger/*.jsonl) found; pass a run directory or a ledger file")
     reports = [site_report(lg, site=lg.fingerprint, delta=delta, max_epsilon=max_epsilon) for lg in ledgers]
     return reports, federation_summary(reports)
