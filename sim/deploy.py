@@ -189,7 +189,8 @@ def write_connection(env: Mapping[str, str], port: int, *, root_cert: Optional[P
     cfg.write_text("[superlink]\n" + f'default = "{CONNECTION}"\n\n' + "\n".join(lines) + "\n")
 
 
-def start_superlink(procs: Processes, *, simulation: bool, tls: Optional[Mapping[str, Path]] = None) -> int:
+def start_superlink(procs: Processes, *, simulation: bool, tls: Optional[Mapping[str, Path]] = None,
+                    extra_args: Sequence[str] = ()) -> int:
     """Start ``flower-superlink`` on a free loopback port and return it.
 
     Flower 1.41 serves the Fleet, Control and Runtime APIs over HTTP on one ``--host``/``--port`` (the older
@@ -205,13 +206,14 @@ def start_superlink(procs: Processes, *, simulation: bool, tls: Optional[Mapping
         argv += ["--insecure"]
     if simulation:
         argv.append("--simulation")
+    argv += list(extra_args)  # e.g. ["--enable-supernode-auth"]
     procs.start("superlink", argv)
     wait_port(port, 60, procs)
     return port
 
 
 def start_supernode(procs: Processes, name: str, superlink_port: int, node_config: Mapping[str, object], *,
-                    root_cert: Optional[Path] = None) -> None:
+                    root_cert: Optional[Path] = None, extra_args: Sequence[str] = ()) -> subprocess.Popen:
     """One ``flower-supernode`` with its own FLWR_HOME and node config (strings get inner double quotes)."""
     env = dict(procs.env)
     env["FLWR_HOME"] = str(procs.work / f"flwr_home_{name}")
@@ -221,7 +223,8 @@ def start_supernode(procs: Processes, name: str, superlink_port: int, node_confi
     argv = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{superlink_port}", "--host", "127.0.0.1",
             "--port", str(port), "--isolation", "subprocess", "--node-config", conf]
     argv += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
-    procs.start(f"supernode_{name}", argv, env)
+    argv += list(extra_args)  # e.g. ["--auth-supernode-private-key", key]
+    return procs.start(f"supernode_{name}", argv, env)
 
 
 def _cli(procs: Processes, args: Sequence[str], timeout: float = 120) -> str:
@@ -292,6 +295,20 @@ def flwr_run(procs: Processes, run_config: Mapping[str, object], *, federation_c
         raise RuntimeError(f"run {run_id} ended with status {status!r}; log tail:\n{tail(logf)}")
     log.info("run %s %s", run_id, status)
     return status
+
+
+def register_supernode(procs: Processes, public_key: Path, name: str) -> dict:
+    """``flwr supernode register`` a hospital's public key (SuperLink started with ``--enable-supernode-auth``);
+    returns flwr's JSON answer (holds the ``node-id``)."""
+    return _json_tail(_cli(procs, ["supernode", "register", str(public_key), CONNECTION, "--name", name,
+                                   "--format", "json"]))
+
+
+def list_supernodes(procs: Processes) -> list[dict]:
+    """``flwr supernode list`` as dicts (node id, name, status, ...)."""
+    out = _json_tail(_cli(procs, ["supernode", "list", CONNECTION, "--format", "json"]))
+    nodes = out.get("nodes", out.get("supernodes", []))
+    return [dict(n) for n in nodes] if isinstance(nodes, list) else []
 
 
 @contextmanager
