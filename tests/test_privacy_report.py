@@ -67,6 +67,8 @@ def test_epsilon_matches_dp_accounting_recomputed_from_the_recorded_history(repo
         else:  # with noisy-max events every reported number stays an upper bound of the tight PLD composition
             assert r["epsilon"] >= cc["pld"] * 0.99 and r["epsilon_rdp"] >= cc["pld"] * 0.99
             assert r["epsilon_rdp"] == pytest.approx(cc["rdp"], rel=0.05)
+            # composed the same way as the PRV headline (noisy-max by basic composition): within 1 %
+            assert r["epsilon"] == pytest.approx(cc["pld_basic"], rel=0.01)
 
 
 def test_lifetime_covers_all_runs_and_cap_uses_it(reports):
@@ -113,3 +115,21 @@ def test_load_from_ledger_file_and_state_dir(reports):
 def test_empty_ledger_report_is_zero(tmp_path):
     r = site_report([], site="s", delta=DELTA, max_epsilon=5.0)
     assert r["epsilon"] == 0.0 and r["remaining_budget"] == 5.0 and r["per_round"] == []
+
+
+def test_files_are_named_by_site_and_a_run_dir_loads_next_to_metrics(reports, tmp_path):
+    (ra, rb), _ = reports
+    odd = {**rb, "site": "summary"}
+    run = tmp_path / "RUN"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")  # never mistaken for a site report
+    central = {"epsilon": 2.0, "level": "client"}
+    paths = write_reports(run, [ra, odd], federation_summary([ra, odd], central))
+    names = sorted(p.rsplit("/", 1)[1] for p in paths["json"])
+    assert names == ["hospital-a.json", "site-summary.json"]
+    loaded, summary = load_report_source(run)
+    assert sorted(r["site"] for r in loaded) == ["hospital-a", "summary"]
+    assert summary["central_dp"] == central  # kept from summary.json
+    (run / "privacy" / "stray.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="stray.json is not a site privacy report"):
+        load_report_source(run)

@@ -195,6 +195,9 @@ def report_filename(site: str) -> str:
 
 
 def _report_files(d: Path) -> list[Path]:
+    """Site reports in a ``privacy/`` folder (a folder of another name needs its ``summary.json``)."""
+    if not d.is_dir() or (d.name != "privacy" and not (d / SUMMARY_NAME).is_file()):
+        return []
     return [f for f in sorted(d.glob("*.json")) if f.name != SUMMARY_NAME]
 
 
@@ -253,7 +256,7 @@ def load_report_source(path: str | Path, *, delta: float = 1e-5,
     """
     p = Path(path)
     for d in (p / "privacy", p):
-        if d.is_dir() and _report_files(d):
+        if _report_files(d):
             reports = []
             for f in _report_files(d):
                 try:
