@@ -1,0 +1,319 @@
+"""Shared helpers of the benchmark scripts (B1–B3, B6, B7): arguments, a cached federation, in-memory training,
+mean ± std, paired tests, targets and result files.
+
+Every script follows the same shape (see ``bench/federation_value.py``): one command, fixed seeds, a synthetic
+federation generated once under ``--work`` (``<work>/<preset>-<sites>-<data-seed>``, shared with B4), results as
+JSON under ``bench/results/`` plus a printed Markdown table. ``--quick`` picks the ``smoke`` preset and config (unless
+given) and the tiniest settings; the smoke test runs every script that way.
+
+In-memory centralized training (:func:`train_centralized`) is exactly what ``sim.modes.run_centralized`` does
+(pool the sites' train splits, ``rounds`` chunks of ``local-epochs`` epochs with ``seed_offset = round``, the
+prediction mode chosen on the pooled validation split, per-site test metrics and their sample-weighted mean), but it
+reuses sites loaded once, so that many runs, modality subsets and masked cohorts do not reload site folders.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger("bench.common")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_WORK = Path("/tmp/omnifuse-bench")
+QUICK_OVERRIDES = {"rounds": 1, "local_epochs": 1}
+
+
+# --- arguments ------------------------------------------------------------------------------------------------
+def base_parser(description: str, *, seeds: int = 5) -> argparse.ArgumentParser:
+    """Arguments every script shares: preset, sites, data seed, config, seeds, quick, work and out.
+
+    Args:
+        description: the script's one-line description (shown by ``--help``).
+        seeds: default number of training seeds (0..N-1).
+    """
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--preset", default=None, help="synthetic preset (default laziness; smoke with --quick)")
+    ap.add_argument("--sites", type=int, default=None, help="number of sites (default: the preset's)")
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated federation")
+    ap.add_argument("--config", default=None, help="shipped config name or YAML file (default demo; smoke with --quick)")
+    ap.add_argument("--seeds", type=int, default=seeds, help="training seeds 0..N-1 (paired across methods)")
+    ap.add_argument("--rounds", type=int, default=None, help="override the config's rounds")
+    ap.add_argument("--local-epochs", type=int, default=None, help="override the config's local-epochs")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0 = torch's default); 1 is far faster on a busy shared machine")
+    ap.add_argument("--quick", action="store_true", help="tiny settings for the smoke test (seconds)")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for generated data and run folders")
+    ap.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/<name>.json)")
+    return ap
+
+
+def resolve_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
+    """Fill defaults that depend on ``--quick`` (preset, config, seeds, out) and set up logging."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "transformers", "flwr"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.preset = args.preset or ("smoke" if args.quick else "laziness")
+    args.config = args.config or ("smoke" if args.quick else "demo")
+    if args.quick:
+        args.seeds = 1
+    if args.out is None:
+        args.out = RESULTS_DIR / (f"{name}-quick.json" if args.quick else f"{name}.json")
+    return args
+
+
+def load_config(args: argparse.Namespace, **overrides):
+    """The run configuration: ``--config`` plus ``--rounds``/``--local-epochs``, ``--quick`` settings, overrides."""
+    from omnifuse_core.config import Config
+
+    changes = dict(QUICK_OVERRIDES) if args.quick else {}
+    if args.rounds is not None:
+        changes["rounds"] = args.rounds
+    if args.local_epochs is not None:
+        changes["local_epochs"] = args.local_epochs
+    changes.update(overrides)
+    return Config.load(args.config).replace(**changes)
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+def federation(preset: str, sites: Optional[int], seed: int, work: Path) -> Path:
+    """The federation folder ``<work>/<preset>-<sites>-<seed>``, generated on first use and reused afterwards.
+
+    Args:
+        preset: synthetic preset name (``sim.presets``).
+        sites: number of sites; None = the preset's default.
+        seed: generator seed.
+        work: the benchmark work folder.
+    """
+    from sim.generator import generate_federation
+    from sim.presets import get_preset
+
+    n = sites if sites is not None else get_preset(preset).default_sites
+    data = Path(work) / f"{preset}-{n}-{seed}"
+    if not (data / "federation.yaml").is_file():
+        shutil.rmtree(data, ignore_errors=True)
+        generate_federation(preset, n, data, seed=seed)
+    return data
+
+
+def load_all(data: Path, cfg) -> list:
+    """Every site of ``data`` with all four modalities (combined statistics), for in-memory runs."""
+    from sim.modes import load_sites
+
+    return load_sites(data, cfg.replace(modalities="ehr,image,text,genomics"))
+
+
+def restrict(ds, names: Sequence[str]):
+    """The dataset with only the modalities ``names`` (in that order); what loading with ``modalities`` gives."""
+    from omnifuse_core.batch import MultimodalDataset
+
+    index = [ds.modality_names.index(n) for n in names]
+    specs = [ds.specs[i] for i in index]
+    return MultimodalDataset(specs, {n: ds.inputs[n] for n in names}, ds.present[:, index].clone(), ds.labels,
+                             list(ds.patient_ids))
+
+
+def restrict_sites(sites: list, names: Sequence[str]) -> list:
+    """Copies of ``sites`` whose splits hold only the modalities ``names``."""
+    import dataclasses
+
+    out = []
+    for s in sites:
+        parts = {k: restrict(v, names) for k, v in s.splits.items()}
+        out.append(dataclasses.replace(s, specs=list(parts["train"].specs), **parts))
+    return out
+
+
+# --- training -------------------------------------------------------------------------------------------------
+def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None) -> dict:
+    """Centralized (pooled) training and test evaluation in memory, as ``sim.modes.run_centralized`` does.
+
+    Args:
+        sites: loaded sites (``SiteData``) with the modalities of ``cfg.modalities`` in that order.
+        cfg: the run configuration (fusion, seed, rounds, local-epochs, ...).
+        timer: optional dict that receives ``train_s`` (training wall time).
+
+    Returns:
+        ``{"auroc": sample-weighted mean of per-site test AUROC, "pooled_auroc", "sites": {site: auroc},
+        "prediction_mode", "seconds"}``.
+    """
+    from omnifuse_core.batch import MultimodalDataset
+    from omnifuse_core.models import build_model
+    from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
+    from server.run_dir import weighted_global
+
+    names = [s.name for s in sites[0].specs]
+    if names != cfg.modality_list:
+        raise ValueError(f"sites hold modalities {names} but the config asks for {cfg.modality_list}; "
+                         "restrict the sites with restrict_sites() first")
+    start = time.perf_counter()
+    device = resolve_device(cfg)
+    set_seed(cfg.seed)
+    model = build_model(sites[0].specs, sites[0].task, cfg)
+    train = MultimodalDataset.concat([s.train for s in sites])
+    for rnd in range(1, cfg.rounds + 1):
+        train_local(model, train, cfg, device=device, seed_offset=rnd)
+    if timer is not None:
+        timer["train_s"] = time.perf_counter() - start
+    mode = choose_prediction_mode(model, evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg,
+                                                  device=device))
+    test = {s.name: evaluate(model, s.test, cfg, device=device) for s in sites if len(s.test)}
+    pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
+    return {"auroc": weighted_global(test).get("auroc", float("nan")), "pooled_auroc": pooled.get("auroc"),
+            "sites": {k: v.get("auroc") for k, v in test.items()}, "prediction_mode": mode,
+            "seconds": time.perf_counter() - start}
+
+
+def run_mode(mode: str, cfg, data: Path, out: Path) -> dict:
+    """One run through the real entry points (``centralized``, ``local`` or ``federated``) on a federation folder.
+
+    Returns:
+        ``{"auroc": final.global AUROC, "sites": {site: auroc}, "seconds": wall time, "run_dir"}``.
+    """
+    from sim.modes import read_metrics, run_centralized, run_local
+
+    if mode == "federated":
+        from sim.federated import run_federated as runner
+    else:
+        runners = {"centralized": run_centralized, "local": run_local}
+        if mode not in runners:
+            raise ValueError(f"unknown mode {mode!r}; choose centralized, local or federated")
+        runner = runners[mode]
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    run_dir = runner(cfg, data, out)
+    seconds = time.perf_counter() - start
+    final = read_metrics(run_dir)["final"]
+    return {"auroc": final["global"].get("auroc"), "sites": {s: v.get("auroc") for s, v in final["sites"].items()},
+            "seconds": seconds, "run_dir": str(run_dir)}
+
+
+def warm_up() -> float:
+    """Pay torch's one-time costs before anything is timed (the first optimizer imports torch._dynamo, seconds).
+
+    Returns:
+        The seconds it took.
+    """
+    import torch
+
+    start = time.perf_counter()
+    p = torch.nn.Parameter(torch.zeros(1))
+    torch.optim.Adam([p]).step()
+    return time.perf_counter() - start
+
+
+# --- statistics -----------------------------------------------------------------------------------------------
+def finite(values: Iterable) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def mean_std(values: Iterable) -> dict:
+    """``{"mean", "std" (sample, ddof=1; 0 for one value), "n", "runs"}`` over the finite values."""
+    runs = [None if v is None else float(v) for v in values]
+    vals = finite(runs)
+    mean = float(np.mean(vals)) if vals else float("nan")
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if vals else float("nan"))
+    return {"mean": mean, "std": std, "n": len(vals), "runs": runs}
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Paired comparison of ``a`` against ``b`` over the same seeds: mean difference, t-test and Wilcoxon p.
+
+    p-values are None when fewer than two complete pairs exist (or all differences are zero for Wilcoxon).
+    """
+    from scipy import stats
+
+    pairs = [(float(x), float(y)) for x, y in zip(a, b)
+             if x is not None and y is not None and math.isfinite(float(x)) and math.isfinite(float(y))]
+    diff = [x - y for x, y in pairs]
+    out = {"pairs": len(pairs), "mean_diff": float(np.mean(diff)) if diff else float("nan"),
+           "t_p": None, "wilcoxon_p": None}
+    if len(pairs) >= 2 and any(d != 0 for d in diff):
+        xs, ys = zip(*pairs)
+        t = stats.ttest_rel(xs, ys)
+        out["t_p"] = None if not math.isfinite(float(t.pvalue)) else float(t.pvalue)
+        out["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue)
+    return out
+
+
+def fmt(summary: dict, digits: int = 3) -> str:
+    """``0.812 ± 0.013`` (or ``n/a``)."""
+    if summary is None or not math.isfinite(summary.get("mean", float("nan"))):
+        return "n/a"
+    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+
+
+def fnum(value, digits: int = 3) -> str:
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
+
+
+def target(name: str, value, threshold: float, op: str = ">=") -> dict:
+    """A target from the issue beside its measured value: ``{"target", "value", "met"}`` (met None = no value)."""
+    ok = None
+    if value is not None and math.isfinite(float(value)):
+        ops = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__, "<": float.__lt__}
+        if op not in ops:
+            raise ValueError(f"target {name!r}: unknown comparison {op!r}; use one of {list(ops)}")
+        ok = bool(ops[op](float(value), float(threshold)))
+    return {"target": f"{name} {op} {threshold:g}", "value": value, "met": ok}
+
+
+def targets_lines(targets: dict) -> list[str]:
+    return [f"- {k}: {t['target']}; measured {fnum(t['value'])} → "
+            f"{'met' if t['met'] else 'missed' if t['met'] is False else 'not measured'}" for k, t in targets.items()]
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- environment and output -----------------------------------------------------------------------------------
+def environment() -> dict:
+    """Machine, date and versions recorded with every result; says ``no GPU on this machine`` when so."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU on this machine"
+    return {"date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0], "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "gpu": gpu, "python": platform.python_version()}
+
+
+def write_result(path: Path, payload: dict) -> None:
+    """Write the result JSON (NaN written as null) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_clean(payload), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    log.info("results written to %s", path)
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

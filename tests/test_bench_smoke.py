@@ -1,0 +1,149 @@
+"""Benchmark scripts B1–B3, B6, B7: each runs with ``--quick`` on the ``smoke`` preset (one subprocess per script,
+sharing one generated federation) and writes a JSON with the expected rows and finite numbers; plus the shared
+statistics and the B3 masking. No timing assertions."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, smoke_federation) -> Path:
+    """A bench work folder holding the session's smoke federation where the scripts look for it."""
+    w = tmp_path_factory.mktemp("bench")
+    shutil.copytree(smoke_federation, w / "smoke-3-0")
+    return w
+
+
+def run_script(name: str, work: Path, *extra: str) -> tuple[dict, str]:
+    out = work / f"{name}.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick", "--threads", "1",
+                           "--work", str(work), "--out", str(out), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stderr[-4000:]}"
+    return json.loads(out.read_text()), proc.stdout
+
+
+def is_num(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_fusion_comparison_quick(work):
+    res, stdout = run_script("fusion_comparison", work)
+    assert res["mode"] == "centralized" and res["preset"] == "smoke" and res["seeds"] == [0]
+    assert set(res["table"]) == {"all"} and set(res["table"]["all"]) == {"concat", "omnifuse"}
+    for cell in res["table"]["all"].values():
+        assert is_num(cell["auroc"]["mean"]) and 0.0 <= cell["auroc"]["mean"] <= 1.0
+    assert res["table"]["all"]["omnifuse"]["vs_concat"]["pairs"] == 1
+    assert is_num(res["dominant"]["auroc"]["mean"])
+    assert res["targets"]["omnifuse_vs_concat[all]"]["met"] in (True, False)
+    assert "| omnifuse |" in stdout and "Targets:" in stdout
+
+
+def test_ablation_quick(work):
+    res, stdout = run_script("ablation", work)
+    assert res["rows"] == ["a", "f"]
+    assert res["table"]["f"]["overrides"] == {"use_dwfuse": False, "use_tla": False, "use_forward": False,
+                                              "use_backward": False}
+    assert all(is_num(res["table"][r]["auroc"]["mean"]) for r in ("a", "f"))
+    assert is_num(res["targets"]["row_f"]["value"]) and "full OmniFuse" in stdout
+
+
+def test_missing_sweep_quick(work):
+    res, _ = run_script("missing_sweep", work)
+    assert res["rates"] == [0.0, 0.9] and res["variants"] == ["imputation", "no_imputation"]
+    assert res["hidden_modalities"] == ["image", "text", "genomics"]
+    for v in res["variants"]:
+        assert all(is_num(res["table"][v][r]["mean"]) for r in ("0", "0.9"))
+    frac = res["missing_fraction"]
+    assert frac["0"]["ehr"] == frac["0.9"]["ehr"]  # the dominant modality is never hidden
+    assert all(frac["0.9"][m] >= 0.9 > frac["0"][m] for m in ("image", "text"))
+    assert is_num(res["drop"]["imputation"]["mean_diff"]) and "imputation_drop" in res["targets"]
+
+
+def test_speed_quick(work):
+    res, stdout = run_script("speed", work)
+    expected = {"dp_step_over_nondp", "omnifuse_step_over_concat", "omnifuse_epoch_over_concat", "tla_mining_share",
+                "text_first_over_later_load", "upload_over_param_bytes"}
+    assert set(res["ratios"]) == expected and all(is_num(v) and v > 0 for v in res["ratios"].values())
+    assert res["walls"] is None and res["targets"]["fl_wall"]["met"] is None  # --quick skips the federated run
+    assert 0 < res["ratios"]["tla_mining_share"] < 1
+    pay = res["payload"]
+    assert pay["param_bytes"] == 4 * pay["parameters"] and pay["download_per_round_bytes"] == 2 * pay["array_record_bytes"]
+    assert pay["param_bytes"] < pay["array_record_bytes"] < 1.2 * pay["param_bytes"]
+    assert res["steps"]["omnifuse_dp"]["steps"] > 0 and res["text"]["texts"] > 0
+    if res["device"] == "cpu":
+        assert res["gpu"] == "no GPU on this machine" and "no GPU on this machine" in stdout
+
+
+def test_scale_quick(work):
+    res, stdout = run_script("scale", work)
+    assert res["site_counts"] == [2, 3] and set(res["results"]) == {"2", "3"}
+    assert [res["results"][k]["patients"] for k in ("2", "3")] == [80, 120]  # smoke sites have 40 patients
+    for r in res["results"].values():
+        assert is_num(r["site_round_s"]) and r["site_round_s"] > 0 and r["peak_rss_mb"] > 0
+        assert len(r["round_s"]) == 1
+    assert "| 3 | 120 |" in stdout
+
+
+def test_statistics_helpers():
+    from scipy import stats
+
+    from bench.common import mean_std, paired_test, target
+
+    ms = mean_std([1.0, 2.0, 3.0, float("nan"), None])
+    assert (ms["mean"], ms["std"], ms["n"]) == (2.0, 1.0, 3)
+    a, b = [0.8, 0.7, 0.9, 0.85], [0.7, 0.69, 0.8, 0.8]
+    t = paired_test(a, b)
+    assert t["pairs"] == 4 and t["mean_diff"] == pytest.approx(0.065)
+    assert t["t_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert paired_test([0.5], [0.4])["t_p"] is None
+    assert target("x", 1.1, 1.2, "<=")["met"] is True and target("x", 0.0, 0.0, ">")["met"] is False
+    assert target("x", None, 1.0)["met"] is None
+
+
+def toy_sites(n_sites: int = 2) -> list:
+    """In-memory sites of the toy cohort (no files), shaped like loaded sites."""
+    from omnifuse_core.data.site import SiteData
+    from omnifuse_core.toy import TOY_SPECS, make_toy_dataset, toy_task
+
+    sites = []
+    for i in range(n_sites):
+        ds = make_toy_dataset(60, seed=i)
+        parts = [ds.subset(range(0, 40)), ds.subset(range(40, 50)), ds.subset(range(50, 60))]
+        sites.append(SiteData(f"toy_{i}", Path("."), list(TOY_SPECS), toy_task(), *parts))
+    return sites
+
+
+def test_missing_masks_are_nested_and_zeroed():
+    from bench.missing_sweep import draws, mask_sites, missing_fraction
+
+    sites = toy_sites()
+    before = [float(s.train.inputs["image"].abs().sum()) for s in sites]
+    u = draws(sites, seed=3)
+    half, most = mask_sites(sites, u, 0.5, ["image"]), mask_sites(sites, u, 0.9, ["image"])
+    for s, h, m in zip(sites, half, most):
+        for k in ("train", "val", "test"):
+            orig, ph, pm = s.splits[k].present, h.splits[k].present, m.splits[k].present
+            assert bool((ph[:, 0] == orig[:, 0]).all()) and bool((pm[:, 2:] == orig[:, 2:]).all())
+            assert not (pm & ~ph).any() and not (ph & ~orig).any()  # nested, and nothing is made present
+            hidden = orig[:, 1] & ~pm[:, 1]
+            assert float(m.splits[k].inputs["image"][hidden].abs().sum()) == 0.0
+    total = sum(int(s.train.present[:, 1].sum()) for s in sites)
+    kept = sum(int(m.train.present[:, 1].sum()) for m in most)
+    assert 0 <= kept < 0.3 * total  # about 10 % of the present images are kept at rate 0.9
+    assert missing_fraction(most)["image"] > missing_fraction(sites)["image"]
+    assert [float(s.train.inputs["image"].abs().sum()) for s in sites] == before  # the originals are untouched
