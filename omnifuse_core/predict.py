@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 
 from .batch import ModalitySpec, MultimodalDataset, TaskSpec
 from .config import Config
@@ -112,7 +113,7 @@ def load_run_model(run_dir: str | Path, site: Optional[str] = None):
                    if not k.startswith("strategy/")}
         specs = [ModalitySpec.from_dict(d) for d in state["specs"]]
         task = TaskSpec.from_dict(state["task"])
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, SafetensorError) as exc:
         raise ValueError(f"{ckpt_dir}: unreadable checkpoint ({exc}); re-run training or point at another run") from exc
     model = build_model(specs, task, cfg)
     set_trainable(model, weights)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def load_latest(ckpt_dir: Path) -> Optional[Checkpoint]:
         state = json.loads((ckpt_dir / pointer["state"]).read_text())
         fed = ckpt_dir / "federation.json"
         stats = json.loads(fed.read_text())["stats"] if fed.exists() else None
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, SafetensorError) as exc:
         raise ValueError(f"{latest}: cannot resume from this checkpoint ({exc}); remove the run folder's "
                          "checkpoints/ or start a new run-dir") from exc
     weights = {k: v for k, v in tensors.items() if not k.startswith(STRATEGY_PREFIX)}

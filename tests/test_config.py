@@ -37,3 +37,10 @@ def test_configuration_doc_lists_every_key_and_is_current():
     for key in Config().to_flat():
         assert f"`{key}`" in doc, f"docs/configuration.md misses {key}; run scripts/gen_config_doc.py"
     assert proc.returncode == 0
+
+
+def test_every_config_key_is_a_declared_flower_run_config_key():
+    import tomllib
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    missing = [k for k in Config().to_flat() if k not in declared]
+    assert not missing, f"declare these in [tool.flwr.app.config] (value \"\"): {missing}"

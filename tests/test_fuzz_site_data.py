@@ -30,7 +30,7 @@ SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=list(Heal
 
 junk_text = st.one_of(st.sampled_from(["", "nan", "NaN", "inf", "-inf", "1e309", "-1", "abc", "  ", "\"", "'", ",,",
                                        "../x", "/etc/passwd", "p0", "0x1F", "1,2", "\u00e9\u00e8", "NULL"]),
-                      st.text(st.characters(blacklist_characters="\x00"), max_size=12))  # NUL: see the xfail below
+                      st.text(max_size=12))
 junk_bytes = st.binary(max_size=64)
 
 
@@ -213,9 +213,6 @@ def test_pristine_site_is_clean_and_fully_loaded(ws):
     assert len(data.train) + len(data.val) + len(data.test) == N and not data.skipped
 
 
-@pytest.mark.xfail(strict=True, reason="omnifuse_core/data/descriptor.safe_path does not refuse a NUL byte in a path "
-                   "cell: Path.resolve raises 'embedded null byte' and validate_site reports the whole site as "
-                   "'unexpected' instead of naming cohort.csv row/field (fix requested from the data owner)")
 def test_nul_byte_in_a_path_cell_names_the_row(ws):
     _apply(ws, "cohort.csv", ("csv", "cell", 0, 8, "ehr/p0\x00.csv"))
     try:
@@ -224,9 +221,6 @@ def test_nul_byte_in_a_path_cell_names_the_row(ws):
         ws.restore()
 
 
-@pytest.mark.xfail(strict=True, reason="omnifuse_core/data/cohort.py reads the table with pandas' default index "
-                   "inference: when the first data row has one field more than the header, pandas silently uses "
-                   "the first column as the index and every column shifts (fix: index_col=False; request filed)")
 def test_extra_field_in_first_cohort_row_is_reported_on_that_row(ws):
     _apply(ws, "cohort.csv", ("csv", "long_row", 0, 0, "x"))
     try:

@@ -72,9 +72,6 @@ def test_pickle_bomb_in_place_of_a_checkpoint_is_refused(tmp_path):
     assert not marker.exists() and not isinstance(err.value, AssertionError)
 
 
-@pytest.mark.xfail(strict=True, reason="server/checkpoint.py and omnifuse_core/predict.py catch OSError/KeyError/"
-                   "ValueError but not safetensors.SafetensorError (an Exception): a corrupt or pickled checkpoint "
-                   "gives a raw 'header too large' instead of their clear message (fix requested from the owners)")
 def test_corrupt_checkpoint_gives_the_clear_message(tmp_path):
     from omnifuse_core.predict import load_run_model
     from server.checkpoint import Checkpoint, load_latest, save_checkpoint

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .descriptor import SiteDescriptor, read_table, safe_path
+from .descriptor import RaggedTableError, SiteDescriptor, read_table, safe_path
 from .problems import Problem
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ def read_cohort(site_dir: Path, desc: SiteDescriptor, tasks: list[str], *, seed:
                               "missing_file", "site")]
     try:
         table = read_table(path)
+    except RaggedTableError as exc:
+        return None, [Problem(desc.cohort, row, None, f"{n} fields where the header has a different count; fix "
+                              "the quoting or stray delimiters on this row", "ragged_row", "site") for row, n in exc.rows]
     except ValueError as exc:
         return None, [Problem(desc.cohort, None, None, str(exc), "unreadable", "site")]
     table.columns = [str(c).strip() for c in table.columns]

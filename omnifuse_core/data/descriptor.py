@@ -144,6 +144,8 @@ def safe_path(site_dir: Path, ref: str) -> tuple[Path | None, str | None]:
         ``..`` components and symlinks that point outside the folder are refused.
     """
     ref = ref.strip()
+    if "\x00" in ref:
+        return None, "path contains a NUL byte; re-export the table as plain text"
     p = Path(ref)
     if p.is_absolute() or ref.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[\\/]", ref):
         return None, f"absolute path {ref!r} is not allowed; give a path relative to the site folder"
@@ -185,13 +187,41 @@ def read_table(path: Path, *, strings: bool = True, index_col: int | None = None
             df = df.set_index(df.columns[index_col])
         return df.astype(str).replace({"None": "", "nan": ""}) if strings else df
     sep = "\t" if suffix in (".tsv", ".tab") else ","
+    _check_field_counts(path, sep)
+    # index_col=False: never let pandas guess an index (a row with one extra field would shift every column)
+    index = False if index_col is None else index_col
     try:
         if strings:
-            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, index_col=index_col)
-        return pd.read_csv(path, sep=sep, index_col=index_col)
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, index_col=index)
+        return pd.read_csv(path, sep=sep, index_col=index)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path.name}: cannot parse as {'TSV' if sep == chr(9) else 'CSV'} "
                          f"({str(exc).splitlines()[0]}); check the delimiter and quoting") from exc
+
+
+class RaggedTableError(ValueError):
+    """Some data rows have more or fewer fields than the header; ``rows`` holds their 1-based numbers."""
+
+    def __init__(self, message: str, rows: list[tuple[int, int]]) -> None:
+        super().__init__(message)
+        self.rows = rows  # (data row, field count)
+
+
+def _check_field_counts(path: Path, sep: str) -> None:
+    import csv
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh, delimiter=sep)
+            header = next(reader, None)
+            if header is None:
+                return
+            bad = [(i, len(r)) for i, r in enumerate(reader, start=1) if r and len(r) != len(header)]
+    except (UnicodeDecodeError, csv.Error):
+        return  # pandas reports these with its own message
+    if bad:
+        rows = ", ".join(f"row {i} has {n}" for i, n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise RaggedTableError(f"{path.name}: the header has {len(header)} fields but {rows}; fix the quoting or "
+                               "the stray delimiters on those rows", bad)
 
 
 def _as_list(value: Any) -> list:
