@@ -82,3 +82,14 @@ def test_default_model_is_bundled_minilm(tmp_path):
     v = emb.embed(["patient has severe pulmonary edema", "severe edema in the lungs", "the invoice is overdue"])
     assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
     assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def test_long_report_truncation_is_logged(tmp_path, caplog):
+    import logging
+
+    from omnifuse_core.data.text import TextEmbedder
+    emb = TextEmbedder(max_length=8, cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="omnifuse_core.data.text"):
+        out = emb.embed(["short", "word " * 200])
+    assert out.shape == (2, emb.dim)
+    assert "1 text(s) reached text-max-length=8 tokens" in caplog.text

@@ -96,12 +96,17 @@ class TextEmbedder:
 
         if self._model is None:
             self._load()
+        from tqdm.auto import tqdm
+
         out = []
+        at_limit = 0
+        starts = range(0, len(texts), self.batch_size)
         with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
+            for start in tqdm(starts, desc="text embedding", unit="batch", disable=len(starts) < 4, leave=False):
                 enc = self._tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
                                       max_length=self.max_length, return_tensors="pt").to(self._model.device)
                 hidden = self._model(**enc).last_hidden_state
+                at_limit += int((enc["attention_mask"].sum(1) >= self.max_length).sum())
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 if self.normalize:
@@ -109,6 +114,9 @@ class TextEmbedder:
                 out.append(emb.float().cpu().numpy())
                 self.model_calls += 1
         log.info("embedded %d text(s) with %s", len(texts), self.model_path.name)
+        if at_limit:
+            log.warning("%d text(s) reached text-max-length=%d tokens and were truncated to it; raise "
+                        "text-max-length to keep more of long reports", at_limit, self.max_length)
         return np.concatenate(out).astype(np.float32)
 
     # --- cache ------------------------------------------------------------------------------------------------
