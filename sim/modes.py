@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import yaml
 
 from omnifuse_core.batch import MultimodalDataset
-from omnifuse_core.config import Config
+from omnifuse_core.config import Config, ConfigError
 from omnifuse_core.data.site import SiteData, load_site
 from omnifuse_core.data.stats import combine_stats, site_stats
 from omnifuse_core.models import build_model
@@ -52,6 +52,9 @@ def site_folders(data: Path) -> list[Path]:
 
 def load_sites(data: Path, cfg: Config) -> list[SiteData]:
     """Load every site with statistics combined from per-site aggregates (no pooled raw data)."""
+    if cfg.dp:
+        raise ConfigError("dp: true is applied per site, with each site's privacy ledger, in federated mode only; "
+                          "use --mode federated, or set dp: false for centralized/local reference runs")
     paths = site_folders(data)
     stats = combine_stats([site_stats(p, cfg) for p in paths])
     return [load_site(p, cfg, stats=stats) for p in paths]

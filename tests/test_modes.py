@@ -30,3 +30,10 @@ def test_train_mode_writes_run_directory(smoke_federation, tmp_path, mode):
     if mode == "centralized":
         assert final["prediction_mode"] in ("joint", "heads", "both")
         assert not math.isnan(final["pooled"]["n"])
+
+
+def test_dp_outside_federated_mode_is_a_clear_error(smoke_federation, tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--mode", "centralized", "--config", "smoke-dp", "--data",
+                                      str(smoke_federation), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    assert "federated mode only" in str(result.exception)
