@@ -218,6 +218,7 @@ def warm_up() -> float:
 
 # --- statistics -----------------------------------------------------------------------------------------------
 def finite(values: Iterable) -> list[float]:
+    """The values that are numbers and finite (None and NaN are left out), as floats."""
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
@@ -258,6 +259,7 @@ def fmt(summary: dict, digits: int = 3) -> str:
 
 
 def fnum(value, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, or ``n/a`` for None / NaN."""
     return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
 
 
@@ -273,11 +275,18 @@ def target(name: str, value, threshold: float, op: str = ">=") -> dict:
 
 
 def targets_lines(targets: dict) -> list[str]:
+    """One printed line per target: what it is, the measured value, and met / missed / not measured."""
     return [f"- {k}: {t['target']}; measured {fnum(t['value'])} → "
             f"{'met' if t['met'] else 'missed' if t['met'] is False else 'not measured'}" for k, t in targets.items()]
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A GitHub Markdown table.
+
+    Args:
+        header: column titles.
+        rows: one sequence of cells (anything printable) per row.
+    """
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)

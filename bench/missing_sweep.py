@@ -110,7 +110,7 @@ def main() -> None:
     md = markdown_table(["hidden", *variants, *(f"missing {m}" for m in hide)], [
         [f"{r:.0%}", *(fmt(table[v][f"{r:g}"]) for v in variants), *(f"{achieved[r][m]:.0%}" for m in hide)]
         for r in rates])
-    md += "\n" + markdown_table(["variant", f"AUROC({lo:.0%}) − AUROC({hi:.0%})", "paired t p"],
+    md += "\n\n" + markdown_table(["variant", f"AUROC({lo:.0%}) − AUROC({hi:.0%})", "paired t p"],
                                 [[v, fnum(d["mean_diff"]), fnum(d["t_p"])] for v, d in drops.items()])
     write_result(args.out, {
         "benchmark": "B3 missing-rate sweep", "mode": "centralized", "preset": args.preset, "config": args.config,

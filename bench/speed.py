@@ -13,12 +13,14 @@ Measured:
   subset of the pooled train split (``--timing-samples``), σ = 1, C = max-grad-norm; step time = (epoch − TLA mining)
   / steps. TLA mining uses the plain selection in both (the DP run's report-noisy-max costs the same scoring).
 * OmniFuse step / concat step: same encoders, same subset, same step definition; the epoch ratio (with mining) too.
+  Every step timing is the median of ``--repeats`` epochs, each of a fresh model, interleaved across variants
+  (a shared machine's load drifts).
 * TLA mining share of an OmniFuse epoch (``on_epoch_start`` timed).
 * text embedding: loading one site with an empty embedding cache, then again with the cache filled.
 * bytes per round per site: the trainable parameters (float32) vs their Flower ``ArrayRecord`` payload (what a site
   uploads once and downloads twice per round: training and validation messages) and a safetensors file.
 Each model is warmed up for one epoch on 32 samples first. Where torch has no CUDA the output says
-"no GPU on this machine"; with CUDA it also samples nvidia-smi utilisation during the OmniFuse epoch.
+"no GPU on this machine"; with CUDA it also samples nvidia-smi utilisation during the timed epochs.
 """
 from __future__ import annotations
 
@@ -41,14 +43,38 @@ from bench.common import (base_parser, environment, federation, fnum, load_all, 
 log = logging.getLogger("bench.speed")
 
 
-def timed_epoch(cfg, specs, task, train, *, dp: bool = False) -> dict:
-    """Warm-up on 32 samples, then one timed epoch of a fresh model: epoch, mining and per-step seconds."""
+def timed_epochs(variants: dict, specs, task, train, repeats: int) -> dict:
+    """Per variant: a warm-up on 32 samples, then ``repeats`` timed epochs, each of a fresh model, interleaved
+    across variants (round r times every variant once) so that a shared machine's load drift hits all alike.
+
+    Returns:
+        ``{variant: {epoch_s, mining_s, steps, step_s (medians), "repeats": [each repeat's values]}}``.
+    """
     from omnifuse_core.models import build_model
     from omnifuse_core.trainer import DPSettings, set_seed, train_local
 
-    settings = DPSettings(noise_multiplier=1.0, max_grad_norm=cfg.max_grad_norm) if dp else None
-    set_seed(cfg.seed)
-    train_local(build_model(specs, task, cfg), train.subset(range(min(32, len(train)))), cfg, epochs=1, dp=settings)
+    settings = {n: DPSettings(noise_multiplier=1.0, max_grad_norm=c.max_grad_norm) if c.dp else None
+                for n, c in variants.items()}
+    for name, cfg in variants.items():
+        set_seed(cfg.seed)
+        train_local(build_model(specs, task, cfg), train.subset(range(min(32, len(train)))), cfg, epochs=1,
+                    dp=settings[name])
+    runs: dict[str, list] = {n: [] for n in variants}
+    for _ in range(repeats):
+        for name, cfg in variants.items():
+            runs[name].append(_one_epoch(cfg, specs, task, train, settings[name]))
+            log.info("%s: %s", name, runs[name][-1])
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
+        out[name]["repeats"] = rs
+    return out
+
+
+def _one_epoch(cfg, specs, task, train, settings) -> dict:
+    from omnifuse_core.models import build_model
+    from omnifuse_core.trainer import set_seed, train_local
+
     set_seed(cfg.seed)
     model = build_model(specs, task, cfg)
     mining = [0.0]
@@ -127,13 +153,27 @@ def payload_bytes(model) -> dict:
             "download_per_round_bytes": 2 * record, "upload_over_param": record / params}
 
 
+def wall_breakdown(wall: dict) -> dict:
+    """Per-round seconds from the run's metrics.json and the time spent outside the rounds (process start,
+    site loading, final test); for federated runs also the server loop's own total (``final.seconds``)."""
+    from sim.modes import read_metrics
+
+    metrics = read_metrics(wall["run_dir"])
+    rounds = [float(r.get("seconds") or 0.0) for r in metrics.get("rounds", [])]
+    out = {"round_seconds": rounds, "outside_rounds_s": wall["seconds"] - sum(rounds)}
+    if metrics.get("final", {}).get("seconds") is not None:
+        out["server_loop_s"] = float(metrics["final"]["seconds"])
+    return out
+
+
 def main() -> None:
     ap = base_parser(__doc__.splitlines()[0], seeds=1)
     ap.add_argument("--timing-samples", type=int, default=640, help="pooled train samples timed per variant")
+    ap.add_argument("--repeats", type=int, default=3, help="timed epochs per variant (median reported)")
     ap.add_argument("--skip-federated", action="store_true", help="skip the federated vs centralized wall time")
     args = resolve_args(ap.parse_args(), "speed")
     if args.quick:
-        args.timing_samples, args.skip_federated = min(args.timing_samples, 64), True
+        args.timing_samples, args.skip_federated, args.repeats = min(args.timing_samples, 64), True, 1
     import torch
 
     from omnifuse_core.batch import MultimodalDataset
@@ -153,16 +193,16 @@ def main() -> None:
     variants = {"concat": cfg.replace(fusion="concat"), "omnifuse": cfg,
                 "omnifuse_dp_compatible": cfg.replace(dp_compatible=True),
                 "omnifuse_dp": cfg.replace(dp=True, dp_compatible=True)}
-    steps, util = {}, None
-    for name, c in variants.items():
-        stop, samples = gpu_sampler() if (torch.cuda.is_available() and name == "omnifuse") else (None, None)
-        steps[name] = timed_epoch(c, specs, task, sub, dp=c.dp)
-        if stop is not None:
-            stop.set()
-            util = {"mean_pct": float(np.mean(samples)) if samples else None, "samples": len(samples)}
-        log.info("%s: %s", name, steps[name])
+    util = None
+    stop, samples = gpu_sampler() if torch.cuda.is_available() else (None, None)
+    steps = timed_epochs(variants, specs, task, sub, max(1, args.repeats))
+    if stop is not None:
+        stop.set()
+        util = {"mean_pct_all_variants": float(np.mean(samples)) if samples else None, "samples": len(samples)}
     payload = payload_bytes(build_model(specs, task, cfg))
     ratios = {"dp_step_over_nondp": steps["omnifuse_dp"]["step_s"] / steps["omnifuse_dp_compatible"]["step_s"],
+              "dp_step_over_default_nondp": steps["omnifuse_dp"]["step_s"] / steps["omnifuse"]["step_s"],
+              "dp_compatible_over_default_step": steps["omnifuse_dp_compatible"]["step_s"] / steps["omnifuse"]["step_s"],
               "omnifuse_step_over_concat": steps["omnifuse"]["step_s"] / steps["concat"]["step_s"],
               "omnifuse_epoch_over_concat": steps["omnifuse"]["epoch_s"] / steps["concat"]["epoch_s"],
               "tla_mining_share": steps["omnifuse"]["mining_s"] / steps["omnifuse"]["epoch_s"],
@@ -173,10 +213,10 @@ def main() -> None:
         runs = args.work / "runs" / "speed"
         walls = {m: run_mode(m, cfg, data, runs / m) for m in ("centralized", "federated")}
         ratios["federated_over_centralized_wall"] = walls["federated"]["seconds"] / walls["centralized"]["seconds"]
-        for m, w in walls.items():
-            from sim.modes import read_metrics
-            metrics = read_metrics(w["run_dir"])
-            w["round_seconds"] = [r.get("seconds") for r in metrics.get("rounds", [])]
+        for w in walls.values():
+            w.update(wall_breakdown(w))
+        ratios["federated_over_centralized_last_round"] = (walls["federated"]["round_seconds"][-1]
+                                                           / walls["centralized"]["round_seconds"][-1])
     targets = {"fl_wall": target("federated / centralized wall", ratios.get("federated_over_centralized_wall"),
                                  1.3, "<="),
                "dp_step": target("DP step / non-DP step", ratios["dp_step_over_nondp"], 2.0, "<="),
@@ -184,8 +224,14 @@ def main() -> None:
     rows = [["federated / centralized wall", fnum(ratios.get("federated_over_centralized_wall"), 2),
              "skipped" if walls is None else f"{walls['federated']['seconds']:.1f} s / "
              f"{walls['centralized']['seconds']:.1f} s"],
+            ["last round, federated / centralized", fnum(ratios.get("federated_over_centralized_last_round"), 2),
+             "skipped" if walls is None else f"{walls['federated']['round_seconds'][-1]:.1f} s / "
+             f"{walls['centralized']['round_seconds'][-1]:.1f} s; outside rounds "
+             f"{walls['federated']['outside_rounds_s']:.1f} s / {walls['centralized']['outside_rounds_s']:.1f} s"],
             ["DP step / non-DP step (DP-compatible OmniFuse)", fnum(ratios["dp_step_over_nondp"], 2),
              f"{steps['omnifuse_dp']['step_s'] * 1e3:.1f} ms / {steps['omnifuse_dp_compatible']['step_s'] * 1e3:.1f} ms"],
+            ["DP-compatible layers / default layers, non-DP step", fnum(ratios["dp_compatible_over_default_step"], 2),
+             f"DP step / default non-DP step: {fnum(ratios['dp_step_over_default_nondp'], 2)}"],
             ["OmniFuse step / concat step", fnum(ratios["omnifuse_step_over_concat"], 2),
              f"{steps['omnifuse']['step_s'] * 1e3:.1f} ms / {steps['concat']['step_s'] * 1e3:.1f} ms"],
             ["OmniFuse epoch / concat epoch (with TLA mining)", fnum(ratios["omnifuse_epoch_over_concat"], 2),
@@ -200,11 +246,12 @@ def main() -> None:
     md = markdown_table(["ratio", "value", "measured"], rows)
     write_result(args.out, {
         "benchmark": "B6 speed", "preset": args.preset, "config": args.config, "quick": args.quick,
-        "timing_samples": len(sub), "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        "timing_samples": len(sub), "repeats": max(1, args.repeats), "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "gpu": env["gpu"], "gpu_utilization": util, "ratios": ratios, "steps": steps, "text": text,
         "payload": payload, "walls": walls, "targets": targets, "config_resolved": cfg.to_flat(),
         "environment": env, "markdown": md})
-    print(f"B6 speed (preset {args.preset}, config {args.config}, {len(sub)} timed samples, device "
+    print(f"B6 speed (preset {args.preset}, config {args.config}, {len(sub)} timed samples, median of "
+          f"{max(1, args.repeats)} epoch(s), device "
           f"{'cuda: ' + env['gpu'] if torch.cuda.is_available() else 'cpu: no GPU on this machine'}, "
           f"{env['torch_threads']} torch thread(s))")
     print(md)

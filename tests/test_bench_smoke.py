@@ -76,7 +76,7 @@ def test_missing_sweep_quick(work):
 
 def test_speed_quick(work):
     res, stdout = run_script("speed", work)
-    expected = {"dp_step_over_nondp", "omnifuse_step_over_concat", "omnifuse_epoch_over_concat", "tla_mining_share",
+    expected = {"dp_step_over_nondp", "dp_step_over_default_nondp", "dp_compatible_over_default_step", "omnifuse_step_over_concat", "omnifuse_epoch_over_concat", "tla_mining_share",
                 "text_first_over_later_load", "upload_over_param_bytes"}
     assert set(res["ratios"]) == expected and all(is_num(v) and v > 0 for v in res["ratios"].values())
     assert res["walls"] is None and res["targets"]["fl_wall"]["met"] is None  # --quick skips the federated run
