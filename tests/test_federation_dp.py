@@ -11,8 +11,8 @@ from typing import Iterable
 import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
-from flwr.serverapp import Grid
 
+from grid_fakes import DirectGrid
 from omnifuse_core.config import Config
 from omnifuse_core.privacy import PrivacyLedger
 from server.aggregation import SiteUpdate
@@ -21,33 +21,12 @@ from server.privacy import CentralDPAggregator, central_accounting, is_privacy_r
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
 
 
-class InProcessGrid(Grid):
+class InProcessGrid(DirectGrid):
     """Delivers each message straight to the ClientApp; node ``100 + i`` is partition ``i`` with extra node config."""
 
     def __init__(self, n: int, node_extra: dict[int, dict] | None = None) -> None:
-        self.nodes = {100 + i: Context(run_id=1, node_id=100 + i,
-                                       node_config={"partition-id": i, "num-partitions": n,
-                                                    **(node_extra or {}).get(i, {})},
-                                       state=RecordDict(), run_config={}) for i in range(n)}
+        super().__init__(n, per_node=node_extra)
 
-    def set_run(self, run) -> None:
-        pass
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.nodes)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
 
     def send_and_receive(self, messages, *, timeout=None):
         from client.app import app as client_app

@@ -9,8 +9,8 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord, Context, Message, RecordDict
-from flwr.serverapp import Grid
 
+from grid_fakes import DirectGrid
 from client.app import app as client_app
 from omnifuse_core import protocol as P
 from omnifuse_core.config import Config
@@ -19,32 +19,13 @@ from server.loop import run_federation
 pytestmark = pytest.mark.slow
 
 
-class InProcessGrid(Grid):
+class InProcessGrid(DirectGrid):
     """Delivers each message straight to the ClientApp of a virtual node (partition-id = index)."""
 
     def __init__(self, n: int, tamper: Optional[Callable[[int, Message], None]] = None) -> None:
-        self.nodes = {100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i, "num-partitions": n},
-                                       state=RecordDict(), run_config={}) for i in range(n)}
+        super().__init__(n)
         self.tamper = tamper
 
-    def set_run(self, run) -> None:
-        pass
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.nodes)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
 
     def send_and_receive(self, messages, *, timeout=None):
         replies = []

@@ -10,8 +10,8 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
-from flwr.serverapp import Grid
 
+from grid_fakes import DirectGrid
 from client.app import app as client_app
 from omnifuse_core import protocol as P
 from omnifuse_core.config import Config
@@ -24,7 +24,7 @@ class ServerCrash(RuntimeError):
     """Stands for the ServerApp process dying."""
 
 
-class FaultyGrid(Grid):
+class FaultyGrid(DirectGrid):
     """Delivers messages straight to the ClientApp of virtual nodes 100.. (partition-id = index).
 
     ``fault(kind, rnd, node)`` decides per message: None (deliver), ``"drop"`` (no reply: the node died) or
@@ -34,30 +34,10 @@ class FaultyGrid(Grid):
 
     def __init__(self, n: int, fault: Optional[Callable[[str, int, int], Optional[str]]] = None,
                  node_config: Optional[dict] = None) -> None:
-        self.nodes = {100 + i: Context(run_id=1, node_id=100 + i,
-                                       node_config={"partition-id": i, "num-partitions": n, **(node_config or {})},
-                                       state=RecordDict(), run_config={}) for i in range(n)}
+        super().__init__(n, node_config=node_config)
         self.fault = fault or (lambda kind, rnd, node: None)
         self.rnd = 0
 
-    def set_run(self, run) -> None:
-        pass
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.nodes)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
