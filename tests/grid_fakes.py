@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
+import pytest
+
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -41,3 +43,17 @@ class DirectGrid(Grid):
 
     def pull_messages(self, message_ids):
         raise NotImplementedError
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages created outside a Flower runtime need a task identity (as Flower's own run_simulation sets).
+
+    Import this fixture into a test module (``from grid_fakes import task_identity``) to apply it there.
+    """
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

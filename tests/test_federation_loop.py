@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord, Context, Message, RecordDict
 
-from grid_fakes import DirectGrid
+from grid_fakes import DirectGrid, task_identity  # noqa: F401 (autouse fixture)
 from client.app import app as client_app
 from omnifuse_core import protocol as P
 from omnifuse_core.config import Config
@@ -37,15 +37,6 @@ class InProcessGrid(DirectGrid):
         return replies
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages created outside a Flower runtime need a task identity (as Flower's own run_simulation sets)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 @pytest.fixture(scope="module")

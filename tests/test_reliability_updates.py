@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+from grid_fakes import task_identity  # noqa: F401 (autouse fixture)
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from omnifuse_core import protocol as P
@@ -19,15 +20,6 @@ SHAPES = {"enc.ehr.w": (3, 4), "enc.image.w": (5,), "head.w": (2, 3), "head.b": 
 SITES = {1: "site_a", 2: "site_b", 3: "site_c", 4: "site_bad"}
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages created outside a Flower runtime need a task identity."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 class NodesGrid:
