@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (base_parser, environment, federation, fmt, fnum, load_all, load_config,  # noqa: E402
+from bench.common import (base_parser, choose, environment, federation, fmt, fnum, load_all, load_config,  # noqa: E402
                           markdown_table, mean_std, paired_test, resolve_args, target, targets_lines,
                           train_centralized, write_result)
 
@@ -40,9 +40,7 @@ def main() -> None:
     ap = base_parser(__doc__.splitlines()[0])
     ap.add_argument("--rows", default="", help=f"comma-separated row ids out of {list(ROWS)}")
     args = resolve_args(ap.parse_args(), "ablation")
-    rows = [r for r in args.rows.split(",") if r] or (QUICK_ROWS if args.quick else list(ROWS))
-    for bad in [r for r in rows if r not in ROWS]:
-        ap.error(f"unknown row {bad!r}; choose from {list(ROWS)}")
+    rows = choose(ap, args.rows, list(ROWS), QUICK_ROWS if args.quick else list(ROWS), "row")
     if "a" not in rows:
         rows = ["a", *rows]  # every row is compared with the full model
     base = load_config(args, fusion="omnifuse")

@@ -76,6 +76,15 @@ def resolve_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
     return args
 
 
+def choose(ap: argparse.ArgumentParser, text: str, choices: Sequence[str], default: Sequence[str],
+           what: str) -> list[str]:
+    """The comma-separated names in ``text`` (or ``default`` when empty), each checked against ``choices``."""
+    names = [n for n in text.split(",") if n] or list(default)
+    for bad in [n for n in names if n not in choices]:
+        ap.error(f"unknown {what} {bad!r}; choose from {list(choices)}")
+    return names
+
+
 def load_config(args: argparse.Namespace, **overrides):
     """The run configuration: ``--config`` plus ``--rounds``/``--local-epochs``, ``--quick`` settings, overrides."""
     from omnifuse_core.config import Config

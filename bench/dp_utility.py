@@ -4,6 +4,7 @@ membership-inference AUC (members = training patients, non-members = the same si
 the DP models and the non-DP model. The MIA AUC is a lower-bound check of leakage, not a guarantee.
 
 Usage:
+    .venv/bin/python bench/dp_utility.py --mode smoke  # smoke preset, 1 epoch, eps 8 and inf (the smoke test)
     .venv/bin/python bench/dp_utility.py --quick     # 4 epochs, 1 seed: measured 17 min on 2 busy CPU cores
     .venv/bin/python bench/dp_utility.py             # full: 15 epochs x 3 seeds (hours on CPU; use a GPU)
 
@@ -35,6 +36,9 @@ from omnifuse_core.trainer import DPSettings, evaluate, predict, train_local
 log = logging.getLogger("bench.dp_utility")
 EPSILONS = (1.0, 3.0, 8.0, math.inf)
 MODES = {
+    "smoke": dict(epochs=1, seeds=1, preset="smoke", epsilons=(8.0, math.inf),
+                  model=dict(embed_dim=8, encoder_hidden=8, head_hidden=8, cra_blocks=1, cra_hidden="16,8",
+                             image_size=32)),
     "quick": dict(epochs=4, seeds=1, model=dict(embed_dim=16, encoder_hidden=16, head_hidden=16, cra_blocks=2,
                                                  cra_hidden="32,16,8", image_size=32)),
     "full": dict(epochs=15, seeds=3, model=dict(embed_dim=32, encoder_hidden=32, head_hidden=32, cra_blocks=5,
@@ -85,23 +89,25 @@ def run_one(site, base: Config, epsilon: float, seed: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small model, few epochs, one seed")
-    ap.add_argument("--data", type=Path, default=None, help="an existing laziness federation (default: generate)")
+    ap.add_argument("--mode", choices=sorted(MODES), default="full", help="smoke (seconds), quick or full")
+    ap.add_argument("--quick", action="store_true", help="same as --mode quick")
+    ap.add_argument("--data", type=Path, default=None, help="an existing federation (default: generate the preset)")
     ap.add_argument("--site", type=int, default=0, help="index of the site in federation.yaml")
     ap.add_argument("--out", type=Path, default=Path("bench/results/dp_utility.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("opacus", "httpx", "omnifuse_core.privacy"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    mode = "quick" if args.quick else "full"
+    mode = "quick" if args.quick else args.mode
     spec = MODES[mode]
+    preset, epsilons = spec.get("preset", "laziness"), spec.get("epsilons", EPSILONS)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dp-utility-") as tmp:
         data = args.data
         if data is None:
             from sim.generator import generate_federation
 
-            data = generate_federation("laziness", args.site + 1, Path(tmp) / "fed", seed=0)
+            data = generate_federation(preset, args.site + 1, Path(tmp) / "fed", seed=0)
         import yaml
 
         entry = yaml.safe_load((data / "federation.yaml").read_text())["sites"][args.site]
@@ -111,13 +117,13 @@ def main() -> None:
         site = load_site(folder, base.replace(dp_compatible=True))
         log.info("site %s: %d train / %d val / %d test patients", site.name, len(site.train), len(site.val),
                  len(site.test))
-        runs = [run_one(site, base, eps, seed) for seed in range(spec["seeds"]) for eps in EPSILONS]
+        runs = [run_one(site, base, eps, seed) for seed in range(spec["seeds"]) for eps in epsilons]
     table = {}
-    for eps in EPSILONS:
+    for eps in epsilons:
         rows = [r for r in runs if (r["epsilon_target"] or math.inf) == eps]
         table["inf" if math.isinf(eps) else f"{eps:g}"] = {
             k: float(np.mean([r[k] for r in rows])) for k in ("test_auroc", "mia_auc")}
-    result = {"mode": mode, "preset": "laziness", "site": site.name, "n_train": len(site.train),
+    result = {"mode": mode, "preset": preset, "site": site.name, "n_train": len(site.train),
               "delta": base.delta, "epochs": spec["epochs"], "seeds": spec["seeds"], "model": spec["model"],
               "table": table, "runs": runs, "seconds": round(time.monotonic() - t0, 1),
               "note": "MIA AUC: loss-threshold attack, members = training patients vs the same site's held-out "

@@ -55,15 +55,22 @@ class OmniFuseStrategy(FedAvg):
         self.rejected: dict[str, str] = {}
         self.missing: dict[str, str] = {}  # site -> why it contributed no update this round
         self._sampled: list[int] = []
+        self._out: list[Message] = []  # messages of the current train or evaluate step
         self._connected: set[int] = set()
 
+    def _node(self, msg: Message) -> int:
+        """The node a reply answers for. The SuperLink itself answers for a node it declared dead (error "Node
+        Unavailable", source = the SuperLink), so the reply is traced back to the message it replies to."""
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self._out if m.metadata.message_id}
+        return sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+
     def _site(self, msg: Message) -> str:
+        node = self._node(msg)
         if msg.has_content() and P.INFO in msg.content.config_records:
             name = msg.content.config_records[P.INFO].get(P.SITE)
             if name:
-                self.node_sites.setdefault(msg.metadata.src_node_id, str(name))  # a restarted node has a new id
+                self.node_sites.setdefault(node, str(name))  # a restarted node has a new id
                 return str(name)
-        node = msg.metadata.src_node_id
         return self.node_sites.get(node, f"node-{node}")
 
     def _reject(self, site: str, reason: str) -> None:
@@ -76,6 +83,7 @@ class OmniFuseStrategy(FedAvg):
         self._sent = to_numpy(arrays)
         self.train_sites, self.train_info, self.rejected, self.missing = {}, {}, {}, {}
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._out = messages  # the Grid sets their message ids when it sends them
         self._sampled = [m.metadata.dst_node_id for m in messages]
         self._connected = set(grid.get_node_ids())
         return messages
@@ -85,7 +93,7 @@ class OmniFuseStrategy(FedAvg):
         updates: list[SiteUpdate] = []
         replied: set[int] = set()
         for msg in replies:
-            replied.add(msg.metadata.src_node_id)
+            replied.add(self._node(msg))
             site = self._site(msg)
             if msg.has_error():
                 self._reject(site, f"site error: {msg.error.reason}")
@@ -125,9 +133,9 @@ class OmniFuseStrategy(FedAvg):
         """Every site of the federation without an accepted update this round, with the reason."""
         out: dict[str, str] = {}
         for node in self._sampled:
-            if node not in replied:
-                out[self.node_sites.get(node, f"node-{node}")] = (f"no reply within round-timeout="
-                                                                  f"{self.cfg.round_timeout:g} s")
+            site = self.node_sites.get(node, f"node-{node}")
+            if node not in replied and site not in self.train_sites:  # a restarted site replies under a new id
+                out[site] = f"no reply within round-timeout={self.cfg.round_timeout:g} s"
         for site, reason in self.rejected.items():
             out.setdefault(site, reason)
         connected = {self.node_sites.get(n, f"node-{n}") for n in self._connected | set(self._sampled)}
@@ -140,7 +148,8 @@ class OmniFuseStrategy(FedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         self.eval_sites = {}
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        self._out = list(super().configure_evaluate(server_round, arrays, config, grid))
+        return self._out
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         for msg in replies:

@@ -147,3 +147,35 @@ def test_missing_masks_are_nested_and_zeroed():
     assert 0 <= kept < 0.3 * total  # about 10 % of the present images are kept at rate 0.9
     assert missing_fraction(most)["image"] > missing_fraction(sites)["image"]
     assert [float(s.train.inputs["image"].abs().sum()) for s in sites] == before  # the originals are untouched
+
+
+def test_federation_value_quick(work):
+    """B4 on smoke: centralized, local-only and federated (a real Flower simulation) OmniFuse, beside the oracle."""
+    res, stdout = run_script("federation_value", work)
+    assert res["runs"] == ["centralized/omnifuse", "local/omnifuse", "federated/omnifuse"] and res["seeds"] == [0]
+    sites = sorted(res["oracle"]["sites"])
+    assert sites == ["hospital_a", "hospital_b", "hospital_c"] and 0.5 < res["oracle"]["global"] <= 1.0
+    for name in res["runs"]:
+        summary = res["summary"][name]
+        assert is_num(summary["global"]["mean"]) and 0.0 <= summary["global"]["mean"] <= 1.0
+        assert sorted(summary["sites"]) == sites
+    assert {"federated_vs_centralized", "federated_vs_oracle"} <= set(res["targets"])
+    assert {f"federated_vs_local[{s}]" for s in sites} <= set(res["targets"])
+    assert "| oracle (observed modalities) |" in stdout and "Targets:" in stdout
+
+
+def test_dp_utility_smoke(tmp_path):
+    """B5 in its smoke mode: one DP run (epsilon 8, spent within the target) and one non-DP run, each with a test
+    AUROC and a membership-inference AUC."""
+    out = tmp_path / "dp_utility.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "dp_utility.py"), "--mode", "smoke", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["mode"] == "smoke" and res["preset"] == "smoke" and set(res["table"]) == {"8", "inf"}
+    dp_run, plain = res["runs"]
+    assert dp_run["epsilon_target"] == 8.0 and 0 < dp_run["epsilon_spent"] <= 8.0 + 1e-6
+    assert dp_run["noise_multiplier"] > 0 and plain["epsilon_spent"] is None and plain["noise_multiplier"] == 0.0
+    for run in res["runs"]:
+        assert 0.0 <= run["test_auroc"] <= 1.0 and 0.0 <= run["mia_auc"] <= 1.0 and run["steps"] > 0

@@ -93,3 +93,34 @@ def test_batch_contract(tmp_path):
     # standardized with the site's own statistics: continuous EHR columns have mean ~0 over training rows
     cont = data.train.inputs["ehr"][..., [2, 3, 49, 50]]
     assert cont.mean().abs() < 0.2
+
+
+def _genomics_present(data):
+    gi = [s.name for s in data.specs].index("genomics")
+    return data.train.present[:, gi].tolist()
+
+
+def test_duplicated_cohort_row_does_not_take_the_first_rows_genomics(tmp_path):
+    """A repeated patient row is skipped as a row; the first row keeps its own genomics entry (it used to lose it
+    silently because the key pointed at the dropped duplicate)."""
+    site = make_site(tmp_path, 8)
+    lines = (site / "cohort.csv").read_text().splitlines()
+    (site / "cohort.csv").write_text("\n".join(lines + [lines[1]]) + "\n")
+    data = load_site(site, CFG.replace(on_invalid="skip"))
+    assert data.skipped == {"rows": {"duplicate_id": 1}}
+    assert all(_genomics_present(data))
+
+
+def test_genomics_key_shared_by_two_patients_is_a_counted_problem(tmp_path):
+    """Two patients naming the same matrix row: the first keeps it, the second's entry is a named, counted skip."""
+    site = make_site(tmp_path, 8)
+    lines = (site / "cohort.csv").read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[-1] = "p0"  # p1 now points at p0's genomics row
+    lines[2] = ",".join(cells)
+    (site / "cohort.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"cohort.csv.*row 2.*'p0' is also used by row 1"):
+        load_site(site, CFG)
+    data = load_site(site, CFG.replace(on_invalid="skip"))
+    assert data.skipped == {"genomics": {"duplicate_id": 1}}
+    assert _genomics_present(data) == [True, False, True, True, True, True]

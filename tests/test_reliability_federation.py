@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
 from grid_fakes import DirectGrid, task_identity  # noqa: F401 (autouse fixture)
 from client.app import app as client_app
@@ -28,7 +29,9 @@ class FaultyGrid(DirectGrid):
     """Delivers messages straight to the ClientApp of virtual nodes 100.. (partition-id = index).
 
     ``fault(kind, rnd, node)`` decides per message: None (deliver), ``"drop"`` (no reply: the node died) or
-    ``"crash"`` (raise :class:`ServerCrash` before anything of this batch is delivered). ``rnd`` counts the train
+    ``"unavailable"`` (the SuperLink's own "Node Unavailable" error reply, sent from the SuperLink's node id, as
+    for a node that missed its heartbeats) or ``"crash"`` (raise :class:`ServerCrash` before anything of this batch
+    is delivered). ``rnd`` counts the train
     batches sent so far (setup queries: 0; the train batch of round r and its evaluation: r).
     """
 
@@ -46,7 +49,11 @@ class FaultyGrid(DirectGrid):
         actions = [self.fault(m.metadata.message_type, self.rnd, m.metadata.dst_node_id) for m in messages]
         if "crash" in actions:
             raise ServerCrash(f"server stopped in round {self.rnd}")
-        return [client_app(m, self.nodes[m.metadata.dst_node_id]) for m, a in zip(messages, actions) if a != "drop"]
+        for m in messages:  # as Flower's Grid does when it pushes a message
+            m.metadata.__dict__["_message_id"] = m.object_id
+        return [create_message_error_unavailable_res_message(m.metadata, "node_unavail") if a == "unavailable"
+                else client_app(m, self.nodes[m.metadata.dst_node_id])
+                for m, a in zip(messages, actions) if a != "drop"]
 
 
 
@@ -86,6 +93,22 @@ def test_site_drops_out_of_one_round_and_rejoins(fed_root, tmp_path):
     log = (run_dir / "logs" / "server.log").read_text()
     assert "round 1: no update from site(s) 'hospital_b' (no reply" in log
     _assert_no_patient_ids(fed_root, run_dir)
+
+
+def test_node_unavailable_error_from_the_superlink_is_charged_to_that_site(fed_root, tmp_path):
+    """Flower's SuperLink answers for a dead node itself (source = the SuperLink's id); the reply is traced back to
+    the node it was sent to, so metadata names the site, not 'node-1', and the site is not also 'no reply'."""
+    def fault(kind, rnd, node):
+        return "unavailable" if node == 102 and rnd == 1 and kind in (P.TRAIN, P.EVALUATE) else None
+
+    run_dir = tmp_path / "run"
+    run_federation(FaultyGrid(3, fault), _cfg(fed_root, run_dir, rounds=2, min_sites=2, min_train_replies=2,
+                                              modalities="ehr,genomics"))
+    r1, r2 = _metrics(run_dir)["rounds"]
+    assert list(r1["missing"]) == ["hospital_c"] and "Node Unavailable" in r1["missing"]["hospital_c"]
+    assert list(r1["rejected"]) == ["hospital_c"]
+    assert set(r1["train"]) == {"hospital_a", "hospital_b"} and r2["missing"] == {}
+    assert "node-1" not in (run_dir / "logs" / "server.log").read_text()
 
 
 def _assert_no_patient_ids(fed_root: Path, run_dir: Path) -> None:

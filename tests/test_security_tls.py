@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.deploy import (flower_processes, is_running, list_supernodes, register_supernode, start_superlink,
-                        start_supernode, write_connection)
+from sim.deploy import (flower_processes, is_running, list_supernodes, online_supernodes, register_supernode,
+                        start_superlink, start_supernode, write_connection)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,10 +27,6 @@ def _key(path: Path) -> Path:
     subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(path)], check=True,
                    capture_output=True, timeout=60)
     return path
-
-
-def _online(nodes: list[dict]) -> list[dict]:
-    return [n for n in nodes if "online" in str(n.get("status", n.get("state", ""))).lower()]
 
 
 def test_tls_and_node_auth_refuse_unknown_supernodes(tmp_path):
@@ -55,13 +51,13 @@ def test_tls_and_node_auth_refuse_unknown_supernodes(tmp_path):
                         extra_args=["--auth-supernode-private-key", str(unregistered)])
         deadline = time.monotonic() + 120
         nodes: list[dict] = []
-        while time.monotonic() < deadline and not _online(nodes):
+        while time.monotonic() < deadline and not online_supernodes(nodes):
             time.sleep(2)
             nodes = list_supernodes(procs)
-        assert _online(nodes), f"the registered SuperNode never came online: {nodes}"
+        assert online_supernodes(nodes), f"the registered SuperNode never came online: {nodes}"
         time.sleep(10)  # give the refused nodes time to retry
         nodes = list_supernodes(procs)
-        online = _online(nodes)
+        online = online_supernodes(nodes)
         assert len(online) == 1, nodes  # only the registered node with the right CA
         assert len(nodes) == 1, nodes  # the unregistered key never became a node at all
         if "node-id" in registered:

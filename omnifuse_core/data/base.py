@@ -72,10 +72,24 @@ class ReadContext:
         return [(i, ref) for i, ref in enumerate(cells) if ref and ref.lower() not in ("nan", "none")]
 
     def table_keys(self, desc: ModalityDesc) -> dict[str, int]:
-        """Table key -> cohort row: the modality column's cell, or the patient id when the cohort lacks the column."""
-        if desc.ref_column in self.cohort.table.columns:
-            return {ref: i for i, ref in self.references(desc)}
-        return {pid: i for i, pid in enumerate(self.cohort.ids) if pid}
+        """Table key -> cohort row: the modality column's cell, or the patient id when the cohort lacks the column.
+
+        Rows that are unusable as a whole (e.g. a duplicated patient id) are left out, so they cannot take another
+        row's entry; a key referenced by two usable rows goes to the first, and the later row gets a problem.
+        """
+        by_ref = desc.ref_column in self.cohort.table.columns
+        pairs = self.references(desc) if by_ref else [(i, pid) for i, pid in enumerate(self.cohort.ids) if pid]
+        keys: dict[str, int] = {}
+        for i, key in pairs:
+            if not self.cohort.row_ok[i]:
+                continue
+            if key in keys:
+                self.problem(desc.name, i, self.cohort.file, i + 1, desc.ref_column if by_ref else None,
+                             f"key {key!r} is also used by row {keys[key] + 1}; each patient needs its own entry",
+                             "duplicate_id")
+                continue
+            keys[key] = i
+        return keys
 
     def resolve_file(self, desc: ModalityDesc, i: int, ref: str) -> Path | None:
         """Resolve a patient's file reference; records a problem and returns None when it is unusable."""
