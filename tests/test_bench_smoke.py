@@ -1,5 +1,6 @@
-"""Benchmark scripts B1–B3, B6, B7: each runs with ``--quick`` on the ``smoke`` preset (one subprocess per script,
-sharing one generated federation) and writes a JSON with the expected rows and finite numbers; plus the shared
+"""Every benchmark script runs in a small mode: B1–B4, B6, B7 with ``--quick`` on the ``smoke`` preset (one
+subprocess per script, sharing one generated federation), B5 with ``--mode smoke``, the memory benchmark at 60
+patients and B0 at 1 seed x 1 epoch; each writes a JSON with the expected rows and finite numbers. Plus the shared
 statistics and the B3 masking. No timing assertions."""
 from __future__ import annotations
 
@@ -179,3 +180,33 @@ def test_dp_utility_smoke(tmp_path):
     assert dp_run["noise_multiplier"] > 0 and plain["epsilon_spent"] is None and plain["noise_multiplier"] == 0.0
     for run in res["runs"]:
         assert 0.0 <= run["test_auroc"] <= 1.0 and 0.0 <= run["mia_auc"] <= 1.0 and run["steps"] > 0
+
+
+def _run_plain(script: str, *args: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_scale_memory_small(tmp_path):
+    """The 10,000-patient memory benchmark at 60 patients: every stage is timed and its peak RSS recorded."""
+    out = tmp_path / "mem.json"
+    _run_plain("scale_memory.py", "--patients", "60", "--out", str(out))
+    res = json.loads(out.read_text())
+    assert res["patients"] == 60 and 0 < res["train_patients"] < 60
+    peaks = [res["rss_after_generate_mb"], res["rss_after_load_mb"], res["rss_after_train_mb"]]
+    assert peaks == sorted(peaks) and peaks[0] > 0  # a running peak never decreases
+    assert all(is_num(res[k]) for k in ("generate_s", "load_s", "train_s"))
+
+
+def test_toy_fusion_small(tmp_path):
+    """B0 at 1 seed x 1 epoch on a small toy cohort: an AUROC summary for every compared model."""
+    out = tmp_path / "toy.json"
+    _run_plain("toy_fusion.py", "--seeds", "1", "--epochs", "1", "--n", "200", "--out", str(out))
+    res = json.loads(out.read_text())
+    assert res["epochs"] == 1 and res["n"] == 200
+    assert {"concat", "omnifuse", "ehr_only"} <= set(res["auroc"])
+    for summary in res["auroc"].values():
+        assert len(summary["runs"]) == 1 and all(is_num(v) and 0.0 <= v <= 1.0 for v in summary["runs"])
+        assert summary["mean"] == pytest.approx(summary["runs"][0])
