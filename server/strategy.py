@@ -56,13 +56,15 @@ class OmniFuseStrategy(FedAvg):
         self.missing: dict[str, str] = {}  # site -> why it contributed no update this round
         self._sampled: list[int] = []
         self._out: list[Message] = []  # messages of the current train or evaluate step
+        self._sent_to: dict[str, int] | None = None  # their message id -> destination node
         self._connected: set[int] = set()
 
     def _node(self, msg: Message) -> int:
         """The node a reply answers for. The SuperLink itself answers for a node it declared dead (error "Node
         Unavailable", source = the SuperLink), so the reply is traced back to the message it replies to."""
-        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self._out if m.metadata.message_id}
-        return sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+        if self._sent_to is None:  # built once per step: the Grid sets message ids only when it sends
+            self._sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._out if m.metadata.message_id}
+        return self._sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
 
     def _site(self, msg: Message) -> str:
         node = self._node(msg)
@@ -83,7 +85,7 @@ class OmniFuseStrategy(FedAvg):
         self._sent = to_numpy(arrays)
         self.train_sites, self.train_info, self.rejected, self.missing = {}, {}, {}, {}
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._out = messages  # the Grid sets their message ids when it sends them
+        self._out, self._sent_to = messages, None  # the Grid sets their message ids when it sends them
         self._sampled = [m.metadata.dst_node_id for m in messages]
         self._connected = set(grid.get_node_ids())
         return messages
@@ -148,7 +150,7 @@ class OmniFuseStrategy(FedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         self.eval_sites = {}
-        self._out = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._out, self._sent_to = list(super().configure_evaluate(server_round, arrays, config, grid)), None
         return self._out
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
