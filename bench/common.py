@@ -55,6 +55,9 @@ def base_parser(description: str, *, seeds: int = 5) -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="tiny settings for the smoke test (seconds)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for generated data and run folders")
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/<name>.json)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep a finished run folder under --work whose config.yaml matches the run's config "
+                         "(resume an interrupted benchmark; assumes the code has not changed since)")
     return ap
 
 
@@ -187,13 +190,57 @@ def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None) -> dict
             "seconds": time.perf_counter() - start}
 
 
-def run_mode(mode: str, cfg, data: Path, out: Path) -> dict:
+# keys the runners fill in themselves; a reused run must match every other key
+_RUNNER_KEYS = {"min-sites", "data-root", "run-dir"}
+
+
+def finished_run(cfg, data: Path, out: Path) -> Optional[dict]:
+    """``out``'s ``metrics.json`` when ``out`` is a finished run of exactly ``cfg`` on ``data``, else None.
+
+    A run is finished when its ``metrics.json`` has a final global AUROC; it is the same run when its ``config.yaml``
+    equals ``cfg`` on every key except those the runner fills in, and those name ``data`` and ``out``.
+    """
+    from omnifuse_core.config import Config, ConfigError
+
+    metrics, saved = Path(out) / "metrics.json", Path(out) / "config.yaml"
+    if not (metrics.is_file() and saved.is_file()):
+        return None
+    try:
+        result = json.loads(metrics.read_text())
+        old = Config.load(str(saved)).to_flat()
+    except (OSError, ValueError, ConfigError) as exc:
+        log.warning("not reusing %s: %s", out, exc)
+        return None
+    new = cfg.to_flat()
+    differ = sorted(k for k in set(old) | set(new) if k not in _RUNNER_KEYS and old.get(k) != new.get(k))
+    if differ or old.get("data-root") != str(data) or old.get("run-dir") != str(out):
+        log.info("not reusing %s: its config differs in %s", out, differ or ["data-root/run-dir"])
+        return None
+    final = result.get("final") or {}
+    if final.get("global", {}).get("auroc") is None:
+        return None
+    return result
+
+
+def run_mode(mode: str, cfg, data: Path, out: Path, *, reuse: bool = False) -> dict:
     """One run through the real entry points (``centralized``, ``local`` or ``federated``) on a federation folder.
 
+    Args:
+        reuse: return a finished run already in ``out`` (same config, :func:`finished_run`) instead of re-running;
+            its ``seconds`` are the ones that run recorded.
+
     Returns:
-        ``{"auroc": final.global AUROC, "sites": {site: auroc}, "seconds": wall time, "run_dir"}``.
+        ``{"auroc": final.global AUROC, "sites": {site: auroc}, "seconds": wall time, "run_dir", "reused"}``.
     """
     from sim.modes import read_metrics, run_centralized, run_local
+
+    if reuse:
+        done = finished_run(cfg, data, out)
+        if done is not None:
+            final = done["final"]
+            log.info("reusing the finished run in %s", out)
+            return {"auroc": final["global"]["auroc"], "sites": {s: v.get("auroc") for s, v in final["sites"].items()},
+                    "seconds": float(final.get("seconds") or float("nan")), "run_dir": str(out), "reused": True}
 
     if mode == "federated":
         from sim.federated import run_federated as runner
@@ -208,7 +255,7 @@ def run_mode(mode: str, cfg, data: Path, out: Path) -> dict:
     seconds = time.perf_counter() - start
     final = read_metrics(run_dir)["final"]
     return {"auroc": final["global"].get("auroc"), "sites": {s: v.get("auroc") for s, v in final["sites"].items()},
-            "seconds": seconds, "run_dir": str(run_dir)}
+            "seconds": seconds, "run_dir": str(run_dir), "reused": False}
 
 
 def warm_up() -> float:

@@ -55,7 +55,8 @@ def _run(name: str, args, data: Path, sites, seed: int) -> dict:
     if mode == "centralized":
         res = train_centralized(restrict_sites(sites, cfg.modality_list), cfg)
     else:
-        res = run_mode(mode, cfg, data, args.work / "runs" / "federation_value" / f"{name.replace('/', '-')}-{seed}")
+        res = run_mode(mode, cfg, data, args.work / "runs" / "federation_value" / f"{name.replace('/', '-')}-{seed}",
+                       reuse=args.reuse)
     return {"global": res["auroc"], "sites": res["sites"], "seconds": res["seconds"]}
 
 

@@ -50,7 +50,7 @@ def _cell(args, data, sites, modalities: str, fusion: str, seed: int) -> dict:
     cfg = load_config(args, fusion=fusion, modalities=modalities, seed=seed)
     if args.federated:
         out = args.work / "runs" / "fusion_comparison" / f"{modalities.replace(',', '+')}-{fusion}-{seed}"
-        return run_mode("federated", cfg, data, out)
+        return run_mode("federated", cfg, data, out, reuse=args.reuse)
     return train_centralized(restrict_sites(sites, cfg.modality_list), cfg)
 
 
