@@ -350,14 +350,17 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 
 # --- environment and output -----------------------------------------------------------------------------------
 def environment() -> dict:
-    """Machine, date and versions recorded with every result; says ``no GPU on this machine`` when so."""
+    """Machine, date, versions and the code's git commit recorded with every result; says ``no GPU on this
+    machine`` when so."""
     import torch
+
+    from omnifuse_core.provenance import code_revision
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU on this machine"
     return {"date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "load_avg_1m": os.getloadavg()[0], "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "gpu": gpu, "python": platform.python_version()}
+            "gpu": gpu, "python": platform.python_version(), "code_revision": code_revision()}
 
 
 def write_result(path: Path, payload: dict) -> None:

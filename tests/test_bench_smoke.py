@@ -210,3 +210,24 @@ def test_toy_fusion_small(tmp_path):
     for summary in res["auroc"].values():
         assert len(summary["runs"]) == 1 and all(is_num(v) and 0.0 <= v <= 1.0 for v in summary["runs"])
         assert summary["mean"] == pytest.approx(summary["runs"][0])
+
+
+def test_reuse_keeps_only_a_finished_run_of_the_same_config(tmp_path):
+    """``--reuse``: a run folder counts only when its config.yaml matches the run's config (runner-filled keys
+    aside, and those name the same data and folder) and its metrics.json has a final AUROC."""
+    from bench.common import finished_run
+    from omnifuse_core.config import Config
+
+    data, out = tmp_path / "fed", tmp_path / "run"
+    out.mkdir()
+    cfg = Config.load("smoke").replace(seed=3)
+    assert finished_run(cfg, data, out) is None  # nothing there
+    cfg.replace(data_root=str(data), run_dir=str(out), min_sites=3).save(out / "config.yaml")
+    (out / "metrics.json").write_text(json.dumps({"final": {}}))
+    assert finished_run(cfg, data, out) is None  # not finished
+    (out / "metrics.json").write_text(json.dumps({"final": {"global": {"auroc": 0.7}, "sites": {}}}))
+    assert finished_run(cfg, data, out)["final"]["global"]["auroc"] == 0.7
+    assert finished_run(cfg.replace(seed=4), data, out) is None  # another seed
+    assert finished_run(cfg, tmp_path / "other", out) is None  # other data
+    (out / "config.yaml").write_text("not: [valid")
+    assert finished_run(cfg, data, out) is None  # unreadable: re-run, never crash
