@@ -100,6 +100,17 @@ def test_scale_quick(work):
     assert "| 3 | 120 |" in stdout
 
 
+def test_scale_flower_quick(work):
+    """B7 through Flower's simulation runtime: 2 generated smoke sites, 1 round; the memory sampler sees the
+    Flower processes (SuperLink, simulation, Ray actors), so the peak exceeds one Python process's import cost."""
+    res, stdout = run_script("scale_flower", work)
+    assert res["runtimes"] == ["simulation"] and res["site_counts"] == [2] and len(res["results"]) == 1
+    r = res["results"][0]
+    assert len(r["round_seconds"]) == 1 and is_num(r["s_per_site_round"]) and r["s_per_site_round"] > 0
+    assert r["peak_tree_rss_mb"] > 500 and is_num(r["auroc"])
+    assert "| simulation | 2 |" in stdout
+
+
 def test_statistics_helpers():
     from scipy import stats
 
