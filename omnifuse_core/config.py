@@ -49,7 +49,7 @@ class Config:
     fusion: str = "omnifuse"  # omnifuse | dwfuse | concat | sum | late | se_gate | moddrop | healnet
     embed_dim: int = 128
     encoder_hidden: int = 64
-    ehr_encoder: str = "gru"  # gru | lstm | mlp (static tabular)
+    ehr_encoder: str = "gru"  # gru | lstm | tcn | mlp (static tabular)
     image_encoder: str = "small_cnn"  # small_cnn | resnet18 | resnet34
     image_checkpoint: str = ""  # optional weights-only checkpoint for the image backbone
     genomics_encoder: str = "snn"

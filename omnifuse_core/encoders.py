@@ -2,7 +2,7 @@
 
 All encoders are per-sample independent (GroupNorm/LayerNorm, never BatchNorm), so one patient's input never
 changes another patient's embedding, and all have an Opacus-compatible form (``dp=True`` swaps nn.GRU/nn.LSTM for
-``opacus.layers.DPGRU/DPLSTM``). The frozen text model is *not* here: it runs once per site in
+``opacus.layers.DPGRU/DPLSTM``; ``tcn`` needs no swap). The frozen text model is *not* here: it runs once per site in
 ``omnifuse_core.data.text`` and its cached embeddings are this module's text input.
 """
 from __future__ import annotations
@@ -45,6 +45,41 @@ class SequenceEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
         return self.proj(out[:, -1])
+
+
+@ENCODERS.register("tcn")
+class TemporalConvEncoder(nn.Module):
+    """Causal dilated temporal convolutions over the per-step EHR features (dilations 1, 2, 4, 8; kernel 3; a
+    31-step receptive field), GroupNorm + ReLU after each; the mean over time and the last step are projected to
+    ``embed_dim``.
+
+    The DP-SGD-friendly alternative to the GRU: Opacus computes Conv1d/GroupNorm per-sample gradients in one
+    batched call per layer, where ``DPGRU`` runs a Python loop over time steps (B6 measures both). Convolutions are
+    bias-free (GroupNorm follows), so e(0) is exactly a function of GroupNorm's bias, as in :class:`SmallCNN`.
+    """
+
+    DILATIONS = (1, 2, 4, 8)
+
+    def __init__(self, *, spec: ModalitySpec, cfg: Config, **_: object) -> None:
+        super().__init__()
+        if spec.kind != KIND_SEQUENCE:
+            raise ValueError(f"modality '{spec.name}': encoder 'tcn' needs a sequence input, got kind {spec.kind}")
+        _, n_features = spec.shape
+        hidden = cfg.encoder_hidden
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        c = n_features
+        for d in self.DILATIONS:
+            self.convs.append(nn.Conv1d(c, hidden, 3, dilation=d, bias=False))
+            self.norms.append(_group_norm(hidden))
+            c = hidden
+        self.proj = nn.Linear(2 * hidden, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.transpose(1, 2)  # [B, F, T]
+        for conv, norm, d in zip(self.convs, self.norms, self.DILATIONS):
+            h = torch.relu(norm(conv(nn.functional.pad(h, (2 * d, 0)))))  # left padding: causal
+        return self.proj(torch.cat([h.mean(dim=2), h[:, :, -1]], dim=1))
 
 
 class _MLP(nn.Module):

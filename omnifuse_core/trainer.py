@@ -66,6 +66,13 @@ def iterate_batches(ds: MultimodalDataset, batch_size: int, device: torch.device
         yield batch_to(to_batch(ds.specs, collated), device)
 
 
+def make_adam(params: list, cfg: Config, device: torch.device) -> torch.optim.Adam:
+    """Adam with torch's fused kernel on CPU and CUDA (one kernel for all parameters; torch's default on CPU is a
+    Python loop over parameter tensors, which cost OmniFuse's 173 tensors ~9 ms a step, B6). Same update rule."""
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
 def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *, epochs: Optional[int] = None,
                 device: Optional[torch.device] = None, prox_center: Optional[dict[str, torch.Tensor]] = None,
                 dp: Optional[DPSettings] = None, progress: bool = False, seed_offset: int = 0) -> TrainResult:
@@ -95,7 +102,7 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
         log.warning("empty training split: nothing to train")
         return TrainResult({}, counts)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_adam(params, cfg, device)
     sample_rate = 0.0
     if dp is not None:
         if prox_center is not None and cfg.proximal_mu > 0:

@@ -136,3 +136,35 @@ def test_site_diagnostics_are_aggregates(trained):
     assert sum(diag[f"impute_n/{n}"] for n in model.names) > 0
     emb = embedding_map(model, ds, cfg)
     assert emb["real"].shape == emb["imputed"].shape and emb["real"].shape[1] == 2
+
+
+def test_zero_row_rides_along_with_the_batch_and_matches_a_separate_call():
+    """Without DP, e_m(0) comes from one extra row of the batch's encoder call: the same values as encoding the
+    zero sample on its own, and the gradient of a loss on v_miss reaches the encoders."""
+    ds = make_toy_dataset(12, missing=[0, 0.5, 0.5, 0.5], seed=4)
+    torch.manual_seed(0)
+    model = build_model(TOY_SPECS, toy_task(), tiny_cfg()).eval()  # eval: no dropout draws to compare
+    batch = ds.full_batch()
+    present = batch["present"]
+    v_true, v_miss = model.encode_with_zero(batch["inputs"], present)
+    assert torch.allclose(v_true, model.encode(batch["inputs"], present), atol=1e-6)
+    assert torch.allclose(v_miss, model.zero_embeddings(batch["inputs"], len(ds)), atol=1e-6)
+    v_miss.sum().backward()
+    for name in model.names:
+        grads = [p.grad for p in model.encoders[name].parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_zero_embeddings_under_dp_carry_no_gradient():
+    ds = make_toy_dataset(8, seed=5)
+    model = build_model(TOY_SPECS, toy_task(), tiny_cfg(dp=True, dp_compatible=True))
+    batch = ds.full_batch()
+    _, v_miss = model.encode_with_zero(batch["inputs"], batch["present"])
+    assert not v_miss.requires_grad
+
+
+def test_adam_is_fused_on_cpu():
+    from omnifuse_core.trainer import make_adam
+    model = build_model(TOY_SPECS, toy_task(), tiny_cfg())
+    opt = make_adam(list(model.parameters()), tiny_cfg(), torch.device("cpu"))
+    assert opt.defaults["fused"] is True

@@ -68,6 +68,21 @@ class OmniFuse(FusionModel):
                 return self.encode(one, keep).expand(batch_size, -1, -1)
         return self.encode(one, keep).expand(batch_size, -1, -1)
 
+    def encode_with_zero(self, inputs: dict[str, torch.Tensor], present: torch.Tensor):
+        """``(v_true, v_miss)``, both ``[B, M, d]``: the batch's embeddings and e_m(0) broadcast over the batch.
+
+        Without DP the zero sample rides along as one extra row of the batch's encoder call (every encoder is
+        per-sample: GroupNorm, no BatchNorm), which is the same e_m(0), with its gradient, for one encoder call
+        per modality instead of two. Under DP it is :meth:`zero_embeddings` (a separate, gradient-free call).
+        """
+        b = present.shape[0]
+        if self.cfg.dp:
+            return self.encode(inputs, present), self.zero_embeddings(inputs, b)
+        padded = {k: torch.cat([v, v.new_zeros((1, *v.shape[1:]))]) for k, v in inputs.items()}
+        keep = torch.cat([present, present.new_zeros((1, present.shape[1]))])
+        v = self.encode(padded, keep)
+        return v[:b], v[b:].expand(b, -1, -1)
+
     def complete(self, v_true: torch.Tensor, v_miss: torch.Tensor, avail: torch.Tensor, need_output: bool = True):
         """Imputer input, forward output, completed embeddings ṽ and joint embedding for availability masks.
 
@@ -124,8 +139,7 @@ class OmniFuse(FusionModel):
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         inputs, present, y = batch["inputs"], batch["present"], batch["labels"]
         cfg, b = self.cfg, present.shape[0]
-        v_true = self.encode(inputs, present)
-        v_miss = self.zero_embeddings(inputs, b)
+        v_true, v_miss = self.encode_with_zero(inputs, present)
         hidden = self.sample_hidden(present) if self.impute and cfg.hide_prob > 0 else torch.zeros_like(present)
         avail = present & ~hidden
         use_tla = self.use_tla and self.lazy_combo is not None
