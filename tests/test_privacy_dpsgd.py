@@ -148,3 +148,27 @@ def test_seed_makes_dp_training_reproducible():
         return torch.cat([p.detach().flatten() for p in m.parameters()])
 
     assert torch.equal(run(), run())
+
+
+def test_scale_grad_override_matches_opacus():
+    """make_private replaces Opacus' O(P²) scale_grad with one that reads accumulated_iterations once; the DP
+    training it produces is bit-identical to Opacus' own method."""
+    from opacus.optimizers import DPOptimizer
+
+    def run(opacus_own: bool):
+        torch.manual_seed(0)
+        m = TwoBranch()
+        dm, opt, dl = make_private(m, torch.optim.SGD(m.parameters(), lr=0.5), _dataset(), batch_size=2,
+                                   noise_multiplier=1.0, max_grad_norm=1.0, seed=11)
+        assert opt.scale_grad.__func__ is not DPOptimizer.scale_grad  # the override is installed
+        if opacus_own:
+            del opt.scale_grad  # back to the class method
+            assert opt.scale_grad.__func__ is DPOptimizer.scale_grad
+        for collated in dl:
+            b = to_batch(SPECS, collated)
+            F.cross_entropy(dm(b["inputs"]["ehr"], b["inputs"]["image"]), b["labels"]).backward()
+            dp_step(opt)
+            opt.zero_grad()
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    assert torch.equal(run(False), run(True))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import types
 import warnings
 
 import torch
@@ -90,12 +91,26 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
         grad_sample_mode=grad_sample_mode)
     dp_model.forbid_grad_accumulation()  # one optimizer step per Poisson batch (what the accountant assumes)
     dp_optimizer.expected_batch_size = int(batch_size)  # gradient scale 1/B (Opacus would use N / ceil(N / B))
+    dp_optimizer.scale_grad = types.MethodType(_scale_grad, dp_optimizer)
     counter = RDPAccountant()
     dp_optimizer.attach_step_hook(counter.get_optimizer_hook_fn(sample_rate=sample_rate))
     dp_optimizer.omnifuse_accountant = counter
     log.info("DP-SGD: N=%d B=%d q=%.5f sigma=%.4f C=%.3g, %d steps per pass", n, batch_size, sample_rate,
              noise_multiplier, max_grad_norm, len(dp_loader))
     return dp_model, dp_optimizer, dp_loader
+
+
+def _scale_grad(self) -> None:
+    """Opacus' ``DPOptimizer.scale_grad`` with ``accumulated_iterations`` read once per step, not once per parameter.
+
+    Opacus recomputes that property, a loop over every parameter, inside its loop over the parameters: O(P²) per
+    step, about 27 ms of a 125 ms DP step for OmniFuse's 173 tensors (B6, measured with cProfile). Same division:
+    ``p.grad /= expected_batch_size * accumulated_iterations`` (1 here: gradient accumulation is forbidden).
+    """
+    if self.loss_reduction == "mean":
+        scale = self.expected_batch_size * self.accumulated_iterations
+        for p in self.params:
+            p.grad /= scale
 
 
 def planned_steps_per_epoch(n: int, batch_size: int) -> tuple[float, int]:
