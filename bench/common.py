@@ -165,6 +165,8 @@ def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None) -> dict
     """
     from omnifuse_core.batch import MultimodalDataset
     from omnifuse_core.models import build_model
+    from omnifuse_core.metrics import headline_metric
+    from omnifuse_core.selection import RoundSelection, load_selected, offer_model
     from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
     from server.run_dir import weighted_global
 
@@ -177,17 +179,22 @@ def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None) -> dict
     set_seed(cfg.seed)
     model = build_model(sites[0].specs, sites[0].task, cfg)
     train = MultimodalDataset.concat([s.train for s in sites])
+    selection = RoundSelection(cfg.final_model)
     for rnd in range(1, cfg.rounds + 1):
         train_local(model, train, cfg, device=device, seed_offset=rnd)
+        if selection.rule == "best-val":  # the per-site validation metrics run_centralized records each round
+            val = {s.name: evaluate(model, s.val, cfg, device=device) for s in sites if len(s.val)}
+            offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
     if timer is not None:
         timer["train_s"] = time.perf_counter() - start
+    model_round = load_selected(selection, model, cfg.rounds)
     mode = choose_prediction_mode(model, evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg,
                                                   device=device))
     test = {s.name: evaluate(model, s.test, cfg, device=device) for s in sites if len(s.test)}
     pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
     return {"auroc": weighted_global(test).get("auroc", float("nan")), "pooled_auroc": pooled.get("auroc"),
             "sites": {k: v.get("auroc") for k, v in test.items()}, "prediction_mode": mode,
-            "seconds": time.perf_counter() - start}
+            "model_round": model_round, "seconds": time.perf_counter() - start}
 
 
 # keys the runners fill in themselves; a reused run must match every other key

@@ -87,6 +87,7 @@ class Config:
 
     # --- federation ----------------------------------------------------------------------------------------
     rounds: int = 3
+    final_model: str = "last"  # last | best-val: the model that gets the final test and is saved for predict
     strategy: str = "modality_aware"  # modality_aware | fedavg | fedprox | fedadam | fedyogi | trimmed_mean | median
     min_sites: int = 1  # SuperNodes that must be connected before setup and before each round starts
     min_train_replies: int = 1  # valid site updates a round needs to be aggregated (else the model is kept)
@@ -126,6 +127,7 @@ class Config:
             "on_invalid": ("fail", "skip"),
             "prediction": ("joint", "heads", "both", "auto"),
             "accountant": ("prv", "rdp"),
+            "final_model": ("last", "best-val"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -87,7 +87,8 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 def load_run_model(run_dir: str | Path, site: Optional[str] = None):
-    """Rebuild a run's model from its latest checkpoint (weights-only: safetensors + JSON state).
+    """Rebuild a run's model from its final checkpoint (``final.json``, else ``latest.json``; weights-only:
+    safetensors + JSON state).
 
     Args:
         run_dir: the run directory.
@@ -107,7 +108,9 @@ def load_run_model(run_dir: str | Path, site: Optional[str] = None):
     cfg = load_run_config(run_dir)
     ckpt_dir = run_checkpoint_dir(run_dir, site)
     try:
-        pointer = json.loads((ckpt_dir / "latest.json").read_text())
+        # final.json: the model the run's final test used (config key final-model); older runs have only latest
+        chosen = ckpt_dir / "final.json" if (ckpt_dir / "final.json").is_file() else ckpt_dir / "latest.json"
+        pointer = json.loads(chosen.read_text())
         state = json.loads((ckpt_dir / pointer["state"]).read_text())
         weights = {k: v for k, v in load_file(str(ckpt_dir / pointer["weights"])).items()
                    if not k.startswith("strategy/")}

@@ -6,6 +6,8 @@ Layout under ``<run-dir>/checkpoints/``::
     round-0003.json          round, strategy name and scalar state, specs, task, groups, prediction mode
     federation.json          combined preprocessing statistics (written once)
     latest.json              {"round": 3, "weights": "round-0003.safetensors", "state": "round-0003.json"}
+    final.json               the same pointer to the model the run's final test used (``final-model``), written
+                             when the run ends; ``omnifuse predict`` prefers it to latest.json
 """
 from __future__ import annotations
 
@@ -59,6 +61,18 @@ def save_checkpoint(ckpt_dir: Path, ckpt: Checkpoint) -> Path:
     return ckpt_dir / f"{stem}.safetensors"
 
 
+def _pointer(rnd: int) -> dict:
+    stem = f"round-{rnd:04d}"
+    return {"round": rnd, "weights": f"{stem}.safetensors", "state": f"{stem}.json"}
+
+
+def point_final(ckpt_dir: Path, rnd: int) -> None:
+    """Write ``final.json``: the round whose model the final test used (and that ``predict`` should load)."""
+    if not (ckpt_dir / f"round-{rnd:04d}.safetensors").is_file():
+        raise ValueError(f"{ckpt_dir}: no checkpoint of round {rnd} to point final.json at")
+    _atomic_write(ckpt_dir / "final.json", json.dumps(_pointer(rnd)))
+
+
 def load_latest(ckpt_dir: Path) -> Optional[Checkpoint]:
     """The newest checkpoint in ``ckpt_dir`` or None when there is none.
 
@@ -70,12 +84,29 @@ def load_latest(ckpt_dir: Path) -> Optional[Checkpoint]:
         return None
     try:
         pointer = json.loads(latest.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{latest}: cannot resume from this checkpoint ({exc}); remove the run folder's "
+                         "checkpoints/ or start a new run-dir") from exc
+    return _load(ckpt_dir, pointer, latest)
+
+
+def load_round(ckpt_dir: Path, rnd: int) -> Checkpoint:
+    """The checkpoint of round ``rnd`` (every round's files are kept).
+
+    Raises:
+        ValueError: its files are missing or unreadable.
+    """
+    return _load(ckpt_dir, _pointer(rnd), ckpt_dir / f"round-{rnd:04d}.json")
+
+
+def _load(ckpt_dir: Path, pointer: dict, source: Path) -> Checkpoint:
+    try:
         tensors = load_file(str(ckpt_dir / pointer["weights"]))
         state = json.loads((ckpt_dir / pointer["state"]).read_text())
         fed = ckpt_dir / "federation.json"
         stats = json.loads(fed.read_text())["stats"] if fed.exists() else None
     except (OSError, KeyError, ValueError, SafetensorError) as exc:
-        raise ValueError(f"{latest}: cannot resume from this checkpoint ({exc}); remove the run folder's "
+        raise ValueError(f"{source}: cannot resume from this checkpoint ({exc}); remove the run folder's "
                          "checkpoints/ or start a new run-dir") from exc
     weights = {k: v for k, v in tensors.items() if not k.startswith(STRATEGY_PREFIX)}
     strat = {k[len(STRATEGY_PREFIX):]: v for k, v in tensors.items() if k.startswith(STRATEGY_PREFIX)}

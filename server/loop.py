@@ -1,5 +1,6 @@
 """The federated round loop: train -> validate -> aggregate -> evaluate (val) -> record -> checkpoint, then a final
-evaluation of the last global model on every site's test split. Resumes from ``<run-dir>/checkpoints``."""
+evaluation on every site's test split of the model ``final-model`` selects (the last round's, or the round with the
+best federated validation metric). Resumes from ``<run-dir>/checkpoints``."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from flwr.serverapp import Grid
 from omnifuse_core import protocol as P
 from omnifuse_core.config import Config
 from omnifuse_core.metrics import headline_metric
+from omnifuse_core.selection import RoundSelection
 
-from .checkpoint import Checkpoint, load_latest, save_checkpoint
+from .checkpoint import Checkpoint, load_latest, load_round, point_final, save_checkpoint
 from .privacy import PrivacyRollup
 from .run_dir import RunRecorder, weighted_global
 from .setup import exchange, initial_model
@@ -59,6 +61,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
         log.warning("central-dp: aggregation is the uniform mean of clipped updates (DP-FedAvg) instead of '%s'",
                     cfg.strategy)
         strategy.aggregator = privacy.central
+    selection = RoundSelection(cfg.final_model)
     if ckpt is not None:
         if ckpt.state.get("config_digest") != cfg.digest():
             log.warning("resuming from a checkpoint written with a different config (digest %s, now %s)",
@@ -66,6 +69,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
         weights, start, mode = ckpt.weights, ckpt.round + 1, ckpt.state.get("prediction_mode", mode)
         strategy.aggregator.load_state(ckpt.strategy_arrays, ckpt.state.get("strategy_state", {}))
         rec.keep_rounds(ckpt.round)
+        _restore_selection(selection, ckpt, rec)
         log.info("resuming after round %d", ckpt.round)
     base.update({P.STATS_JSON: json.dumps(fed.stats), P.SPECS_JSON: fed.specs_json, P.TASK_JSON: fed.task_json})
     arrays = to_record(weights)
@@ -84,6 +88,8 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
         glob = _evaluate(grid, strategy, rnd, arrays, base, "val", mode)
         if cfg.prediction == "auto":
             mode = _choose_mode(glob, head) or mode
+        if selection.offer(rnd, glob.get(head), (arrays, mode)) and selection.rule == "best-val":
+            log.info("round %d: best validation %s so far (%s)", rnd, head, glob.get(head))
         for site, metrics in strategy.train_sites.items():
             rec.record_privacy(site, {k: v for k, v in P.unprefixed(P.PRIVACY_PREFIX, metrics).items()})
         rec.record_round({
@@ -101,13 +107,38 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             round=rnd, weights=to_numpy(arrays), strategy_arrays=strategy.aggregator.state_arrays(),
             state={"strategy": cfg.strategy, "strategy_state": strategy.aggregator.state_meta(),
                    "config_digest": cfg.digest(), "specs": json.loads(fed.specs_json),
-                   "task": json.loads(fed.task_json), "groups": groups, "prediction_mode": mode},
+                   "task": json.loads(fed.task_json), "groups": groups, "prediction_mode": mode,
+                   "selection": selection.state()},
             stats=fed.stats))
-    glob = _evaluate(grid, strategy, cfg.rounds, arrays, base, "test", mode)
+    final_round, rnd_arrays, mode = _final_model(selection, cfg, arrays, mode, head)
+    glob = _evaluate(grid, strategy, final_round, rnd_arrays, base, "test", mode)
+    if (rec.checkpoints / f"round-{final_round:04d}.safetensors").is_file():
+        point_final(rec.checkpoints, final_round)
     rec.record_final({"global": glob, "sites": strategy.eval_sites, "split": "test",
-                      "prediction_mode": mode or None, "rounds": cfg.rounds,
-                      "seconds": round(time.monotonic() - t0, 2)})
-    log.info("final test %s = %s; metrics in %s", head, glob.get(head), rec.path)
+                      "prediction_mode": mode or None, "rounds": cfg.rounds, "final_model": cfg.final_model,
+                      "model_round": final_round, "seconds": round(time.monotonic() - t0, 2)})
+    log.info("final test %s = %s (model of round %d); metrics in %s", head, glob.get(head), final_round, rec.path)
+
+
+def _final_model(selection: RoundSelection, cfg: Config, arrays, mode: str, head: str) -> tuple:
+    """``(round, arrays, prediction mode)`` of the model the final test uses."""
+    if selection.payload is None:  # no round ran in this process and none was restored, or no finite metric
+        if selection.rule == "best-val":
+            log.warning("final-model best-val: no round had a finite validation %s; testing the last model", head)
+        return cfg.rounds, arrays, mode
+    if selection.rule == "best-val":
+        log.info("final-model best-val: testing the model of round %d (validation %s %.4f)", selection.round,
+                 head, selection.value)
+    return (selection.round, *selection.payload)
+
+
+def _restore_selection(selection: RoundSelection, ckpt: Checkpoint, rec: RunRecorder) -> None:
+    """Continue the round selection of the interrupted run (its selected round's weights come from disk)."""
+    state = ckpt.state.get("selection") or {}
+    if state.get("rule") != selection.rule or not state.get("round"):
+        return
+    picked = ckpt if int(state["round"]) == ckpt.round else load_round(rec.checkpoints, int(state["round"]))
+    selection.restore(state, (to_record(picked.weights), picked.state.get("prediction_mode", "")))
 
 
 def _write_privacy(rec: RunRecorder, privacy: PrivacyRollup) -> None:

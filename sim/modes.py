@@ -22,8 +22,10 @@ from omnifuse_core.batch import MultimodalDataset
 from omnifuse_core.config import Config, ConfigError
 from omnifuse_core.data.site import SiteData, load_site
 from omnifuse_core.data.stats import combine_stats, site_stats
+from omnifuse_core.metrics import headline_metric
 from omnifuse_core.models import build_model
 from omnifuse_core.provenance import run_provenance
+from omnifuse_core.selection import RoundSelection, load_selected, offer_model
 from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
 from omnifuse_core.weights import get_trainable
 from server.checkpoint import Checkpoint, save_checkpoint
@@ -94,23 +96,27 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
         device = resolve_device(cfg)
         train = MultimodalDataset.concat([s.train for s in sites])
         model = build_model(sites[0].specs, sites[0].task, cfg)
+        selection = RoundSelection(cfg.final_model)
         for rnd in range(1, cfg.rounds + 1):
             start = time.perf_counter()
             result = train_local(model, train, cfg, device=device, seed_offset=rnd)
             val = _site_metrics(model, sites, "val", cfg, device)
+            offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
             rec.record_round({"round": rnd, "global": weighted_global(val), "sites": val,
                               "train": {"pooled": result.metrics}, "trace": {"pooled": result.trace},
                               "seconds": time.perf_counter() - start})
             if progress:
                 progress(rnd)
+        model_round = load_selected(selection, model, cfg.rounds)
         pooled_val = evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg, device=device)
         mode = choose_prediction_mode(model, pooled_val)
         test = _site_metrics(model, sites, "test", cfg, device)
         pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
         rec.record_final({"global": weighted_global(test), "sites": test, "pooled": pooled, "split": "test",
                           "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites},
-                          "availability": _availability(sites)})
-        save_checkpoint(rec.checkpoints, Checkpoint(cfg.rounds, get_trainable(model),
+                          "availability": _availability(sites), "final_model": cfg.final_model,
+                          "model_round": model_round})
+        save_checkpoint(rec.checkpoints, Checkpoint(model_round, get_trainable(model),
                                                     state=_model_state(model, sites, {"mode": "centralized"}),
                                                     stats=sites[0].stats))
     finally:
@@ -127,6 +133,7 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
     try:
         device = resolve_device(cfg)
         models = {s.name: build_model(s.specs, s.task, cfg) for s in sites}
+        selections = {s.name: RoundSelection(cfg.final_model) for s in sites}
         for rnd in range(1, cfg.rounds + 1):
             start = time.perf_counter()
             val, train_metrics, traces = {}, {}, {}
@@ -135,21 +142,24 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
                 train_metrics[s.name], traces[s.name] = result.metrics, result.trace
                 if len(s.val):
                     val[s.name] = evaluate(models[s.name], s.val, cfg, device=device)
+                    offer_model(selections[s.name], rnd, val[s.name].get(headline_metric(cfg.task)), models[s.name])
             rec.record_round({"round": rnd, "global": weighted_global(val), "sites": val, "train": train_metrics,
                               "trace": traces, "seconds": time.perf_counter() - start})
             if progress:
                 progress(rnd)
-        test, modes = {}, {}
+        test, modes, model_rounds = {}, {}, {}
         for s in sites:
+            model_rounds[s.name] = load_selected(selections[s.name], models[s.name], cfg.rounds)
             modes[s.name] = choose_prediction_mode(models[s.name], evaluate(models[s.name], s.val, cfg, device=device))
             if len(s.test):
                 test[s.name] = evaluate(models[s.name], s.test, cfg, device=device)
             save_checkpoint(rec.checkpoints / s.name, Checkpoint(
-                cfg.rounds, get_trainable(models[s.name]), state=_model_state(models[s.name], [s], {"mode": "local"}),
+                model_rounds[s.name], get_trainable(models[s.name]), state=_model_state(models[s.name], [s], {"mode": "local"}),
                 stats=s.stats))
         rec.record_final({"global": weighted_global(test), "sites": test, "split": "test",
                           "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites},
-                          "availability": _availability(sites)})
+                          "availability": _availability(sites), "final_model": cfg.final_model,
+                          "model_round": model_rounds})
     finally:
         rec.detach_log()
     return rec.root

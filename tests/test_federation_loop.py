@@ -132,3 +132,48 @@ def test_only_weights_counts_and_metrics_leave_a_site(smoke_root, tmp_path):
     text = json.dumps(info_out) + json.dumps(metrics)
     leaked = [pid for pid in site.train.patient_ids + site.val.patient_ids if pid in text]
     assert not leaked
+
+
+class ScriptedValidation:
+    """Tamper hook: the k-th round's validation replies report AUROC ``values[k]`` (test replies untouched)."""
+
+    def __init__(self, values: dict[int, float], first_round: int, sites: int = 3) -> None:
+        self.values, self.first, self.sites, self.seen = values, first_round, sites, 0
+
+    def __call__(self, node: int, reply: Message) -> None:
+        if reply.metadata.message_type != "evaluate" or not reply.has_content():
+            return
+        rnd = self.first + self.seen // self.sites
+        self.seen += 1
+        if rnd in self.values:
+            reply.content.metric_records[P.METRICS]["auroc"] = self.values[rnd]
+
+
+def test_best_val_tests_the_best_round_and_keeps_it_across_a_resume(smoke_root, tmp_path):
+    from omnifuse_core.predict import load_run_model
+
+    run_dir = tmp_path / "run"
+    run_federation(InProcessGrid(3, ScriptedValidation({1: 0.9, 2: 0.5}, 1)),
+                   _cfg(smoke_root, run_dir, rounds=2, final_model="best-val"))
+    first = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["global"]["auroc"] for r in first["rounds"]] == pytest.approx([0.9, 0.5])
+    assert first["final"]["model_round"] == 1 and first["final"]["final_model"] == "best-val"
+    assert json.loads((run_dir / "checkpoints" / "final.json").read_text())["round"] == 1
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["round"] == 2
+    _, _, meta = load_run_model(run_dir)
+    assert meta["checkpoint"].endswith("round-0001.safetensors")
+    # resume to 3 rounds: round 3 (0.6) does not beat round 1, whose weights come back from disk
+    run_federation(InProcessGrid(3, ScriptedValidation({3: 0.6}, 3)),
+                   _cfg(smoke_root, run_dir, rounds=3, final_model="best-val"), resume=True)
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
+    assert resumed["final"]["model_round"] == 1
+    assert json.loads((run_dir / "checkpoints" / "final.json").read_text())["round"] == 1
+
+
+def test_last_tests_the_last_round(smoke_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_federation(InProcessGrid(3, ScriptedValidation({1: 0.9, 2: 0.5}, 1)), _cfg(smoke_root, run_dir, rounds=2))
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    assert final["model_round"] == 2 and final["final_model"] == "last"
+    assert json.loads((run_dir / "checkpoints" / "final.json").read_text())["round"] == 2
