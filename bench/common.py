@@ -55,6 +55,9 @@ def base_parser(description: str, *, seeds: int = 5) -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="tiny settings for the smoke test (seconds)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for generated data and run folders")
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/<name>.json)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key for every run, as `omnifuse train --set` (repeatable), "
+                         "e.g. --set final-model=best-val")
     ap.add_argument("--reuse", action="store_true",
                     help="keep a finished run folder under --work whose config.yaml matches the run's config "
                          "(resume an interrupted benchmark; assumes the code has not changed since)")
@@ -97,8 +100,14 @@ def load_config(args: argparse.Namespace, **overrides):
         changes["rounds"] = args.rounds
     if args.local_epochs is not None:
         changes["local_epochs"] = args.local_epochs
+    cfg = Config.load(args.config)
+    pairs = [kv.split("=", 1) for kv in getattr(args, "overrides", [])]
+    for bad in [kv for kv, pair in zip(getattr(args, "overrides", []), pairs) if len(pair) != 2]:
+        raise SystemExit(f"--set {bad!r}: expected KEY=VALUE, e.g. --set final-model=best-val")
+    if pairs:
+        cfg = Config.from_flat(dict(pairs), base=cfg)
     changes.update(overrides)
-    return Config.load(args.config).replace(**changes)
+    return cfg.replace(**changes)
 
 
 # --- data -----------------------------------------------------------------------------------------------------
