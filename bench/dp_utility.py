@@ -8,8 +8,8 @@ Usage:
     .venv/bin/python bench/dp_utility.py --quick     # 4 epochs, 1 seed: measured 17 min on 2 busy CPU cores
     .venv/bin/python bench/dp_utility.py             # full: 15 epochs x 3 seeds (hours on CPU; use a GPU)
 
-Most of the time is the DP-compatible GRU (Opacus' DPGRU runs its time steps in Python) — also for the non-DP
-model, which uses the same DP-compatible architecture so the comparison is like for like.
+Most of the time is DP-SGD's per-sample gradients (about 4x a non-DP step, mostly the CRA imputers' linear layers;
+BENCHMARKS.md B6). The non-DP model uses the same DP-compatible architecture so the comparison is like for like.
 """
 from __future__ import annotations
 
