@@ -93,19 +93,17 @@ def choose(ap: argparse.ArgumentParser, text: str, choices: Sequence[str], defau
 
 def load_config(args: argparse.Namespace, **overrides):
     """The run configuration: ``--config`` plus ``--rounds``/``--local-epochs``, ``--quick`` settings, overrides."""
-    from omnifuse_core.config import Config
+    from omnifuse_core.config import Config, ConfigError
 
     changes = dict(QUICK_OVERRIDES) if args.quick else {}
     if args.rounds is not None:
         changes["rounds"] = args.rounds
     if args.local_epochs is not None:
         changes["local_epochs"] = args.local_epochs
-    cfg = Config.load(args.config)
-    pairs = [kv.split("=", 1) for kv in getattr(args, "overrides", [])]
-    for bad in [kv for kv, pair in zip(getattr(args, "overrides", []), pairs) if len(pair) != 2]:
-        raise SystemExit(f"--set {bad!r}: expected KEY=VALUE, e.g. --set final-model=best-val")
-    if pairs:
-        cfg = Config.from_flat(dict(pairs), base=cfg)
+    try:
+        cfg = Config.load(args.config).with_overrides(getattr(args, "overrides", []))
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from exc
     changes.update(overrides)
     return cfg.replace(**changes)
 

@@ -41,16 +41,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 
 
 def _config(config: str, overrides: tuple[str, ...]) -> Config:
-    cfg = Config.load(config)
-    if overrides:
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set local-epochs=2")
-            key, value = item.split("=", 1)
-            pairs[key.strip()] = value.strip()
-        cfg = Config.from_flat(pairs, base=cfg)
-    return cfg
+    return Config.load(config).with_overrides(overrides)
 
 
 @cli.command()

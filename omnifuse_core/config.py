@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -157,6 +157,20 @@ class Config:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_flat(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_overrides(self, items: "Sequence[str]") -> "Config":
+        """This config with ``KEY=VALUE`` overrides applied (the CLI's and the benchmarks' ``--set``).
+
+        Raises:
+            ConfigError: an item without ``=``, an unknown key or a bad value.
+        """
+        pairs = {}
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set local-epochs=2")
+            key, value = item.split("=", 1)
+            pairs[key.strip()] = value.strip()
+        return Config.from_flat(pairs, base=self) if pairs else self
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes).validate()
