@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
-from omnifuse_core.config import Config
-
 from .processes import (BIN, Processes, descendants, flower_processes, free_port, is_running, marked_processes,
                         signal_group, tail, wait_port)
 
@@ -162,23 +160,19 @@ def flwr_wait(procs: Processes, run_id: str, *, timeout: float = 3600, poll: flo
 
 
 def flwr_run(procs: Processes, run_config: Mapping[str, object], *, federation_config: str = "",
-             timeout: float = 3600, app_dir: Path = APP_DIR, poll: float = 2.0) -> str:
+             timeout: float = 3600, app_dir: Path = APP_DIR, poll: float = 2.0,
+             run_dir: Optional[Path] = None) -> str:
     """``flwr run <app> omnifuse``, then poll ``flwr ls`` until the run ends (:func:`flwr_wait`). Polling is used
-    instead of ``--stream``, whose log stream can end early when the SuperLink is busy. When ``run_config`` names a
-    ``run-dir``, the final entry appearing in its ``metrics.json`` makes the polling quick (the run is ending).
+    instead of ``--stream``, whose log stream can end early when the SuperLink is busy. The run folder (``run_dir``,
+    else the ``run-dir`` of ``run_config``) getting its final ``metrics.json`` entry makes the polling quick.
 
     Returns:
         The final run status (``finished:completed``).
     """
+    run_dir = run_dir or run_config.get("run-dir")
+    ending = final_written(Path(str(run_dir))) if run_dir else None
     run_id = flwr_submit(procs, run_config, federation_config=federation_config, app_dir=app_dir)
-    run_dir = run_config.get("run-dir")
-    if not run_dir and run_config.get("config"):
-        try:  # simulation runs name their run-dir inside the config file
-            run_dir = Config.load(str(run_config["config"])).run_dir
-        except (OSError, ValueError):
-            run_dir = ""
-    return flwr_wait(procs, run_id, timeout=timeout, poll=poll,
-                     ending=final_written(Path(run_dir)) if run_dir else None)
+    return flwr_wait(procs, run_id, timeout=timeout, poll=poll, ending=ending)
 
 
 def final_written(run_dir: Path) -> Callable[[], bool]:

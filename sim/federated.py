@@ -64,7 +64,8 @@ def run_federated(cfg: Config, data_root: Path, out: Path, *, resume: bool = Fal
         write_connection(procs.env, port)
         fed = (f"num-supernodes={n} client-resources-num-cpus=1 init-args-num-cpus={max(1, parallel)} "
                f"client-resources-num-gpus={_gpu_share(parallel)}")
-        flwr_run(procs, {"config": str(resolved), "resume": resume}, federation_config=fed, timeout=timeout)
+        flwr_run(procs, {"config": str(resolved), "resume": resume}, federation_config=fed, timeout=timeout,
+                 run_dir=out)
     metrics = out / "metrics.json"
     if not metrics.exists() or '"final": {}' in metrics.read_text():
         logs = (work / "flwr_run.log").read_text(errors="replace")[-4000:] if (work / "flwr_run.log").exists() else ""
