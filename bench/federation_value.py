@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (base_parser, choose, environment, federation, fmt, fnum, load_all,  # noqa: E402
-                          load_config, markdown_table, mean_std, paired_test, resolve_args, restrict_sites, run_mode,
-                          target, targets_lines, train_centralized, write_result)
+from bench.common import (base_parser, choose, environment, federation, load_all, load_config,  # noqa: E402
+                          resolve_args, restrict_sites, run_mode, train_centralized, write_result)
+from bench.stats import fmt, fnum, markdown_table, mean_std, paired_test, target, targets_lines  # noqa: E402
 
 log = logging.getLogger("bench.federation_value")
 

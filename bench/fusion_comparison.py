@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (base_parser, federation, fmt, fnum, load_all, load_config, markdown_table,  # noqa: E402
-                          mean_std, paired_test, resolve_args, restrict_sites, run_mode, environment, target,
-                          targets_lines, train_centralized, write_result)
+from bench.common import (base_parser, federation, load_all, load_config, resolve_args, restrict_sites,  # noqa: E402
+                          run_mode, environment, train_centralized, write_result)
+from bench.stats import fmt, fnum, markdown_table, mean_std, paired_test, target, targets_lines  # noqa: E402
 
 log = logging.getLogger("bench.fusion_comparison")
 

@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (base_parser, environment, federation, fmt, fnum, load_all, load_config,  # noqa: E402
-                          markdown_table, mean_std, paired_test, resolve_args, target, targets_lines,
+from bench.common import (base_parser, environment, federation, load_all, load_config, resolve_args,  # noqa: E402
                           train_centralized, write_result)
+from bench.stats import fmt, fnum, markdown_table, mean_std, paired_test, target, targets_lines  # noqa: E402
 
 log = logging.getLogger("bench.missing_sweep")
 

@@ -30,8 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (base_parser, environment, federation, fnum, load_all, load_config,  # noqa: E402
-                          markdown_table, resolve_args, target, targets_lines, warm_up, write_result)
+from bench.common import (base_parser, environment, federation, load_all, load_config, resolve_args,  # noqa: E402
+                          warm_up, write_result)
+from bench.stats import fnum, markdown_table, target, targets_lines  # noqa: E402
 
 log = logging.getLogger("bench.scale")
 CHILD_TAG = "SCALE_RESULT "

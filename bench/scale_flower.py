@@ -28,8 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (base_parser, choose, environment, federation, fnum, load_config,  # noqa: E402
-                          markdown_table, resolve_args, write_result)
+from bench.common import (base_parser, choose, environment, federation, load_config, resolve_args,  # noqa: E402
+                          write_result)
+from bench.stats import fnum, markdown_table  # noqa: E402
 
 log = logging.getLogger("bench.scale_flower")
 RUNTIMES = ("simulation", "deployment")

@@ -114,7 +114,7 @@ def test_scale_flower_quick(work):
 def test_statistics_helpers():
     from scipy import stats
 
-    from bench.common import mean_std, paired_test, target
+    from bench.stats import mean_std, paired_test, target
 
     ms = mean_std([1.0, 2.0, 3.0, float("nan"), None])
     assert (ms["mean"], ms["std"], ms["n"]) == (2.0, 1.0, 3)
