@@ -31,6 +31,7 @@ from omnifuse_core.privacy import calibrate_noise_multiplier, epsilon_from_histo
 from omnifuse_core.privacy.dpsgd import planned_steps_per_epoch
 from omnifuse_core.privacy.membership import loss_threshold_auc
 from omnifuse_core.privacy.noisy_max import noisy_max_epsilon
+from omnifuse_core.tla import selections_in_call
 from omnifuse_core.trainer import DPSettings, evaluate, predict, train_local
 
 log = logging.getLogger("bench.dp_utility")
@@ -64,7 +65,8 @@ def run_one(site, base: Config, epsilon: float, seed: int) -> dict:
     if dp_on:
         q, per_epoch = planned_steps_per_epoch(len(site.train), cfg.batch_size)
         steps = cfg.local_epochs * per_epoch
-        pure = cfg.local_epochs * noisy_max_epsilon(cfg.tla_noise_scale) if model.use_tla else 0.0
+        pure = selections_in_call(cfg.local_epochs, False) * noisy_max_epsilon(cfg.tla_noise_scale, monotone=False) \
+            if model.use_tla else 0.0
         sigma = calibrate_noise_multiplier(epsilon - pure, cfg.delta, q, steps)
         select = make_noisy_select(cfg.tla_noise_scale, torch.Generator().manual_seed(seed)) if model.use_tla else None
         dp = DPSettings(sigma, cfg.max_grad_norm, select)

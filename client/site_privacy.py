@@ -31,7 +31,8 @@ from omnifuse_core.config import Config
 from omnifuse_core.privacy import (LedgerCorrupt, PrivacyLedger, SiteBudget, calibrate_noise_multiplier,
                                    make_noisy_select, noisy_max_event)
 from omnifuse_core.privacy.dpsgd import planned_steps_per_epoch
-from omnifuse_core.privacy.noisy_max import noisy_max_epsilon
+from omnifuse_core.privacy.noisy_max import MINING_MONOTONE, noisy_max_epsilon
+from omnifuse_core.tla import selections_in_call
 from omnifuse_core.privacy.report import build_provenance, site_report
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,15 @@ class Schedule:
     steps_per_round: int
     rounds: int
     total_steps: int
-    noisy_max_per_round: int
+    noisy_max_per_round: int  # selections in a round whose incoming model is trained (every round but the first)
+    noisy_max_first_round: int = 0  # selections in round 1: the first epoch trains before the first mining
+
+    def noisy_max_in_round(self, server_round: int) -> int:
+        return self.noisy_max_first_round if server_round <= 1 else self.noisy_max_per_round
+
+    @property
+    def noisy_max_total(self) -> int:
+        return self.noisy_max_first_round + max(self.rounds - 1, 0) * self.noisy_max_per_round
 
 
 def site_cap(max_epsilon: Optional[float], cfg: Config) -> float:
@@ -73,7 +82,8 @@ def plan_schedule(n_train: int, cfg: Config, *, uses_tla: bool) -> Schedule:
     Args:
         n_train: the site's number of training records N.
         cfg: run configuration (batch-size, local-epochs, rounds / planned-rounds).
-        uses_tla: whether the model makes one report-noisy-max selection per local epoch.
+        uses_tla: whether the model makes report-noisy-max selections (one per local epoch whose incoming model
+            is trained: :func:`omnifuse_core.tla.selections_in_call`).
     """
     if n_train < 1:
         raise PrivacyRefused("the site has no training records; nothing to train with DP")
@@ -81,11 +91,12 @@ def plan_schedule(n_train: int, cfg: Config, *, uses_tla: bool) -> Schedule:
     rounds = cfg.planned_rounds if cfg.planned_rounds > 0 else cfg.rounds
     per_round = cfg.local_epochs * per_epoch
     return Schedule(sample_rate=q, steps_per_round=per_round, rounds=rounds, total_steps=rounds * per_round,
-                    noisy_max_per_round=cfg.local_epochs if uses_tla else 0)
+                    noisy_max_per_round=selections_in_call(cfg.local_epochs, True) if uses_tla else 0,
+                    noisy_max_first_round=selections_in_call(cfg.local_epochs, False) if uses_tla else 0)
 
 
 def _noisy_max_eps(cfg: Config) -> float:
-    return noisy_max_epsilon(cfg.tla_noise_scale)
+    return noisy_max_epsilon(cfg.tla_noise_scale, monotone=MINING_MONOTONE)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -124,7 +135,7 @@ def noise_multiplier_for(state_dir: Path, fingerprint: str, cfg: Config, schedul
     """
     path = Path(state_dir) / CALIBRATION_DIR / f"{fingerprint}.json"
     state = _load_state(path, site)
-    pure = schedule.rounds * schedule.noisy_max_per_round * _noisy_max_eps(cfg)
+    pure = schedule.noisy_max_total * _noisy_max_eps(cfg)
     spec = {"target_epsilon": cfg.target_epsilon, "delta": cfg.delta, "sample_rate": schedule.sample_rate,
             "total_steps": schedule.total_steps, "accountant": cfg.accountant, "planned_pure_epsilon": pure,
             "noise_multiplier_config": cfg.noise_multiplier}
@@ -205,7 +216,8 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
     schedule = plan_schedule(len(site.train), cfg, uses_tla=uses_tla)
     sigma, calibration = noise_multiplier_for(state_dir, fp, cfg, schedule, site=name)
     budget = SiteBudget(ledger, cfg.delta, cap, cfg.accountant, site=name)
-    planned = [noisy_max_event(cfg.tla_noise_scale, count=schedule.noisy_max_per_round)] if uses_tla else []
+    n_select = schedule.noisy_max_in_round(server_round) if uses_tla else 0
+    planned = [noisy_max_event(cfg.tla_noise_scale, count=n_select, monotone=MINING_MONOTONE)] if n_select else []
     try:
         budget.check_round(sigma, schedule.sample_rate, schedule.steps_per_round, planned)
     except BudgetExceeded as exc:

@@ -170,7 +170,7 @@ def run_train(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_js
 
     def train(run_cfg: Config, dp):
         return train_local(model, site.train, run_cfg, device=device, prox_center=prox, dp=dp,
-                           seed_offset=server_round)
+                           seed_offset=server_round, trained=server_round > 1)
 
     privacy, report = {}, None
     if cfg.dp:

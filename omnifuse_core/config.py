@@ -61,6 +61,8 @@ class Config:
     cra_blocks: int = 5  # K
     cra_hidden: str = "256,128,64"  # each RA is D -> 256 -> 128 -> 64 -> 128 -> 256 -> D
     hide_prob: float = 1.0  # probability that a training sample with >=2 present modalities gets simulated missingness
+    hide_for_prediction: bool = False  # false: hidden view feeds L_forward/L_backward only; true: also L_enc, ω, L_rp, L_TLA (ModDrop-like, pre-issue-13)
+    imputation_reduction: str = "mean"  # sum | mean: squared imputation error summed (the paper's ‖v′ − v̂‖²) or averaged over slot elements
     use_forward: bool = True
     use_backward: bool = True
     use_dwfuse: bool = True
@@ -68,6 +70,7 @@ class Config:
     lambda_backward: float = 1.0  # lambda_1
     lambda_dwfuse: float = 10.0  # lambda_2
     lambda_tla: float = 0.5  # lambda_3
+    tla_min_samples: int = 10  # F: a combination's score is sum / max(n, F) over its n eligible samples
     alpha: float = 0.1
     beta: float = 0.5
     prediction: str = "auto"  # joint | heads | both | auto (chosen on validation, recorded)
@@ -107,7 +110,7 @@ class Config:
     noise_multiplier: float = 0.0  # 0 = calibrate once for the planned schedule
     planned_rounds: int = 0  # 0 = use `rounds`
     accountant: str = "prv"  # headline accountant: prv | rdp
-    tla_noise_scale: float = 20.0  # Laplace scale b of TLA report-noisy-max (costs 1/b per local epoch)
+    tla_noise_scale: float = 20.0  # Laplace scale b of TLA report-noisy-max (costs 2/b per selection, docs/privacy.md)
     central_dp: bool = False
     central_noise_multiplier: float = 1.0
     central_clip_norm: float = 1.0
@@ -128,6 +131,7 @@ class Config:
             "prediction": ("joint", "heads", "both", "auto"),
             "accountant": ("prv", "rdp"),
             "final_model": ("last", "best-val"),
+            "imputation_reduction": ("sum", "mean"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -137,7 +141,7 @@ class Config:
         if len(set(self.modality_list)) != len(self.modality_list):
             raise ConfigError(f"config key 'modalities' repeats a name: {self.modalities!r}")
         for key in ("batch_size", "local_epochs", "embed_dim", "cra_blocks", "rounds", "min_sites",
-                    "min_train_replies"):
+                    "min_train_replies", "tla_min_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key '{_ext(key)}' must be >= 1, got {getattr(self, key)}")
         if not self.round_timeout > 0:

@@ -73,16 +73,23 @@ class CascadeResidualAutoencoder(nn.Module):
         return v + total, torch.cat(latents, dim=-1)
 
 
-def masked_slot_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sample squared error over the slots where ``mask`` is True, averaged over those slots' elements.
+def masked_slot_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Per-sample squared error over the slots where ``mask`` is True.
 
     Args:
         pred, target: ``[B, M, d]``.
         mask: bool ``[B, M]``; slots without ground truth contribute nothing.
+        reduction: ``"mean"`` averages over the masked slots' elements; ``"sum"`` sums over them (the paper's
+            ‖v′ − v̂‖² restricted to the slots with ground truth).
 
     Returns:
         ``[B]`` (0 for a sample with no masked slot).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"imputation-reduction must be 'mean' or 'sum', got {reduction!r}")
+    m = mask.to(pred.dtype)
+    if reduction == "sum":
+        return (((pred - target) ** 2).sum(dim=2) * m).sum(dim=1)
     err = ((pred - target) ** 2).mean(dim=2)  # [B, M]
-    m = mask.to(err.dtype)
     return (err * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)

@@ -1,9 +1,12 @@
 """TLA — traceable laziness activation (DESIGN §4.4, Eqs. 15–17).
 
-Once per epoch the site scores every non-empty modality combination δ by the summed per-sample distance of the
-δ-only prediction from the label, over the samples whose present set contains δ; the argmax is the *lazy*
-combination. During the next epoch the δ_lazy-only prediction gets an extra loss on the samples that have δ_lazy.
-Under DP the argmax is replaced by report-noisy-max over distances clipped to [0, 1].
+Before each epoch that follows a trained one, the site scores every non-empty modality combination δ by the
+**mean** per-sample distance of the δ-only prediction from the label over the n_δ samples whose present set contains
+δ, shrunk when few patients have δ: ``D(δ) = Σ distance / max(n_δ, F)`` (F = ``tla-min-samples``). The argmax is the
+*lazy* combination: the one whose prediction is worst *per patient*, whatever its prevalence (a sum would rank by
+how many patients have δ and always pick the modality everyone has). During the epoch the δ_lazy-only prediction
+gets an extra loss on the samples that have δ_lazy. Under DP the argmax is replaced by report-noisy-max over
+``F · D(δ)`` computed from distances clipped to [0, 1]: sensitivity 1, not monotone (docs/privacy.md).
 """
 from __future__ import annotations
 
@@ -33,29 +36,45 @@ def combo_name(combo: Sequence[int], names: Sequence[str]) -> str:
     return "+".join(names[i] for i in combo)
 
 
-def summed_distances(distance_fn: Callable[[tuple[int, ...]], torch.Tensor], present: torch.Tensor,
-                     combos: Sequence[tuple[int, ...]]) -> torch.Tensor:
-    """Per-combination sums of per-sample distances over the eligible samples.
+def mean_distances(distance_fn: Callable[[tuple[int, ...]], torch.Tensor], present: torch.Tensor,
+                   combos: Sequence[tuple[int, ...]], min_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-combination mean distances ``Σ_eligible distance / max(n_δ, F)`` and eligible counts ``n_δ``.
 
     Args:
         distance_fn: δ -> per-sample distance ``[N]`` of the δ-only prediction.
         present: bool ``[N, M]``.
         combos: candidate combinations.
+        min_samples: F >= 1; a combination fewer than F samples have is shrunk towards 0 (its sum is divided by F),
+            so a handful of patients cannot make it the lazy one, and one patient moves a score by at most 1/F.
 
     Returns:
-        ``[len(combos)]`` sums (0 for a combination no sample has).
+        ``([len(combos)] scores, [len(combos)] counts)``; a combination no sample has scores 0.
     """
-    out = torch.zeros(len(combos), dtype=torch.float64)
+    if min_samples < 1:
+        raise ValueError(f"tla-min-samples must be >= 1, got {min_samples}")
+    scores = torch.zeros(len(combos), dtype=torch.float64)
+    counts = torch.zeros(len(combos), dtype=torch.long)
     for i, combo in enumerate(combos):
         eligible = contains(present, combo)
-        if eligible.any():
-            out[i] = distance_fn(combo)[eligible].double().sum()
-    return out
+        n = int(eligible.sum())
+        counts[i] = n
+        if n:
+            scores[i] = distance_fn(combo)[eligible].double().sum() / max(n, min_samples)
+    return scores, counts
 
 
 def select_lazy(scores: torch.Tensor) -> int:
-    """δ_lazy = argmax of the summed distances (non-private selection)."""
+    """δ_lazy = argmax of the mean distances (non-private selection)."""
     return int(torch.argmax(scores))
+
+
+def selections_in_call(epochs: int, trained: bool) -> int:
+    """How many minings (and so DP noisy-max selections) one ``train_local`` call makes.
+
+    Mining runs before every epoch whose model has already been trained for at least one epoch: every epoch when
+    the incoming model is trained (a later round, a resumed run), all but the first otherwise.
+    """
+    return max(int(epochs) - (0 if trained else 1), 0)
 
 
 def activation_loss(per_sample_loss: torch.Tensor, present: torch.Tensor, combo: Sequence[int]) -> torch.Tensor:

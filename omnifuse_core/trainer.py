@@ -75,7 +75,8 @@ def make_adam(params: list, cfg: Config, device: torch.device) -> torch.optim.Ad
 
 def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *, epochs: Optional[int] = None,
                 device: Optional[torch.device] = None, prox_center: Optional[dict[str, torch.Tensor]] = None,
-                dp: Optional[DPSettings] = None, progress: bool = False, seed_offset: int = 0) -> TrainResult:
+                dp: Optional[DPSettings] = None, progress: bool = False, seed_offset: int = 0,
+                trained: bool = False) -> TrainResult:
     """Train ``model`` in place for ``epochs`` local epochs.
 
     Args:
@@ -88,6 +89,9 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
         dp: DP-SGD settings; ``None`` trains without DP.
         progress: show a progress bar per epoch.
         seed_offset: added to ``cfg.seed`` (e.g. the round number) so rounds shuffle differently but reproducibly.
+        trained: the incoming weights were already trained (a later round, a resumed run): TLA mines before the
+            first epoch too; otherwise the first mining follows the first trained epoch
+            (:func:`omnifuse_core.tla.selections_in_call` counts them).
 
     Returns:
         Mean training losses, per-modality training counts, the per-epoch trace (lazy combination, ω) and steps.
@@ -123,8 +127,8 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
     trace: dict[str, list] = defaultdict(list)
     for epoch in range(epochs):
         mining = iterate_batches(train_ds, max(256, cfg.batch_size), device)
-        info = model.on_epoch_start(mining, device, epoch, **({"noisy_select": dp.noisy_select}
-                                                                 if dp is not None and dp.noisy_select else {}))
+        extra = {"noisy_select": dp.noisy_select} if dp is not None and dp.noisy_select else {}
+        info = model.on_epoch_start(mining, device, epoch, trained=trained, **extra)
         for key, value in info.items():
             trace[key].append(value)
         if dp is not None:

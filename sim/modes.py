@@ -99,7 +99,7 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
         selection = RoundSelection(cfg.final_model)
         for rnd in range(1, cfg.rounds + 1):
             start = time.perf_counter()
-            result = train_local(model, train, cfg, device=device, seed_offset=rnd)
+            result = train_local(model, train, cfg, device=device, seed_offset=rnd, trained=rnd > 1)
             val = _site_metrics(model, sites, "val", cfg, device)
             offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
             rec.record_round({"round": rnd, "global": weighted_global(val), "sites": val,
@@ -138,7 +138,8 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
             start = time.perf_counter()
             val, train_metrics, traces = {}, {}, {}
             for s in sites:
-                result = train_local(models[s.name], s.train, cfg, device=device, seed_offset=rnd)
+                result = train_local(models[s.name], s.train, cfg, device=device, seed_offset=rnd,
+                                     trained=rnd > 1)
                 train_metrics[s.name], traces[s.name] = result.metrics, result.trace
                 if len(s.val):
                     val[s.name] = evaluate(models[s.name], s.val, cfg, device=device)

@@ -7,7 +7,8 @@ import torch
 
 from omnifuse_core.fusion import dwfuse_weights
 from omnifuse_core.imputer import CascadeResidualAutoencoder, masked_slot_mse
-from omnifuse_core.tla import activation_loss, all_combinations, contains, select_lazy, summed_distances
+from omnifuse_core.tla import (activation_loss, all_combinations, contains, mean_distances, select_lazy,
+                               selections_in_call)
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])
@@ -68,15 +69,53 @@ def test_forward_loss_counts_only_slots_with_ground_truth():
     assert masked_slot_mse(pred, target, torch.zeros(2, 3, dtype=torch.bool)).tolist() == [0.0, 0.0]
 
 
-def test_tla_picks_largest_summed_distance_and_masks_exactly():
-    present = torch.tensor([[1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 1, 1]], dtype=torch.bool)
+def test_forward_loss_sum_reduction_is_the_squared_norm_over_slots_with_ground_truth():
+    pred = torch.zeros(2, 3, 4)
+    target = torch.ones(2, 3, 4)
+    mask = torch.tensor([[True, False, False], [True, True, True]])
+    assert masked_slot_mse(pred, target, mask, reduction="sum").tolist() == [4.0, 12.0]
+    with pytest.raises(ValueError, match="imputation-reduction"):
+        masked_slot_mse(pred, target, mask, reduction="max")
+
+
+def _few_hard_many_easy():
+    """Modality 0 for all 200 patients (low loss 0.3 each); the pair (1, 2) for 20 of them (high loss 1.2 each)."""
+    n = 200
+    present = torch.zeros(n, 3, dtype=torch.bool)
+    present[:, 0] = True
+    present[:20, 1:] = True
     combos = all_combinations(3)
-    assert len(combos) == 7
-    per_combo_dist = {c: torch.full((4,), float(len(c) == 2 and c == (1, 2)) * 5.0 + 0.1) for c in combos}
-    scores = summed_distances(lambda c: per_combo_dist[c], present, combos)
-    # (1, 2) is contained by samples 2 and 3 -> 2 * 5.1; singletons get at most 3 * 0.1
+    dist = {c: torch.full((n,), 1.2 if c == (1, 2) else 0.3) for c in combos}
+    return present, combos, dist
+
+
+def test_tla_mean_mining_picks_few_high_loss_samples_over_many_low_loss_samples():
+    present, combos, dist = _few_hard_many_easy()
+    scores, counts = mean_distances(lambda c: dist[c], present, combos, min_samples=10)
     assert combos[select_lazy(scores)] == (1, 2)
-    assert scores[combos.index((0, 1, 2))].item() == pytest.approx(0.1)
+    assert counts[combos.index((0,))].item() == 200 and counts[combos.index((1, 2))].item() == 20
+    assert scores[combos.index((0,))].item() == pytest.approx(0.3)
+    # the summed score of the design note's first version ranks by prevalence and picks the dominant modality
+    summed = torch.tensor([dist[c][contains(present, c)].sum().item() for c in combos])
+    assert combos[select_lazy(summed)] == (0,)
+
+
+def test_tla_mean_shrinks_rare_combinations_below_the_floor():
+    present, combos, dist = _few_hard_many_easy()
+    scores, _ = mean_distances(lambda c: dist[c], present, combos, min_samples=100)
+    assert scores[combos.index((1, 2))].item() == pytest.approx(1.2 * 20 / 100)  # sum / max(n, F)
+    assert combos[select_lazy(scores)] == (0,)
+    with pytest.raises(ValueError):
+        mean_distances(lambda c: dist[c], present, combos, min_samples=0)
+
+
+def test_tla_mining_count_skips_only_the_untrained_first_epoch():
+    assert [selections_in_call(e, False) for e in (1, 2, 3)] == [0, 1, 2]
+    assert [selections_in_call(e, True) for e in (1, 2, 3)] == [1, 2, 3]
+
+
+def test_tla_masks_exactly():
+    present = torch.tensor([[1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 1, 1]], dtype=torch.bool)
     mask = contains(present, (1, 2))
     assert mask.tolist() == [False, False, True, True]
     per_sample = torch.tensor([1.0, 2.0, 3.0, 4.0])

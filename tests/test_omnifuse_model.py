@@ -20,7 +20,7 @@ def tiny_cfg(**kw):
 @pytest.fixture(scope="module")
 def trained():
     ds = make_toy_dataset(48, missing=[0, 0.4, 0.4, 0.5], seed=1)
-    cfg = tiny_cfg(local_epochs=1)
+    cfg = tiny_cfg(local_epochs=2)
     model = build_model(TOY_SPECS, toy_task(), cfg)
     result = train_local(model, ds, cfg)
     return model.eval(), ds, cfg, result
@@ -31,8 +31,9 @@ def test_training_reports_counts_trace_and_all_loss_terms(trained):
     assert result.counts == ds.modality_counts()
     assert result.counts["ehr"] == 48 and result.counts["n"] == 48
     assert {"loss_forward", "loss_backward", "loss_enc", "loss_rp"} <= set(result.metrics)
-    assert len(result.trace["lazy"]) == 1 and model.lazy_combo is not None
-    assert result.steps == 3
+    # no mining before the first trained epoch, then one per epoch
+    assert result.trace["lazy"][0] is None and result.trace["lazy"][1] is not None and model.lazy_combo is not None
+    assert result.steps == 6
 
 
 def test_predictions_do_not_depend_on_labels(trained):

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from omnifuse_core.privacy.membership import loss_threshold_auc, max_tpr_bound
-from omnifuse_core.privacy.noisy_max import (combination_scores, make_noisy_select, noisy_max_epsilon,
-                                             noisy_max_event, pure_events_from, report_noisy_max)
+from omnifuse_core.privacy.noisy_max import (combination_scores, make_noisy_select, mean_combination_scores,
+                                             noisy_max_epsilon, noisy_max_event, pure_events_from,
+                                             report_noisy_max)
 
 
 def test_combination_scores_clip_and_mask():
@@ -57,7 +59,9 @@ def test_event_epsilon_monotone_and_general():
 def test_make_noisy_select_returns_index_and_event():
     select = make_noisy_select(0.01, np.random.default_rng(0))
     idx, ev = select(torch.tensor([0.0, 5.0, 1.0]))
-    assert idx == 1 and ev["type"] == "laplace" and ev["count"] == 1 and ev["epsilon0"] == pytest.approx(100.0)
+    # TLA's mean scores are not monotone: one selection costs 2/b
+    assert idx == 1 and ev["type"] == "laplace" and ev["count"] == 1 and ev["epsilon0"] == pytest.approx(200.0)
+    assert ev["monotone"] is False
     with pytest.raises(ValueError, match="scale"):
         make_noisy_select(-1.0)
 
@@ -71,3 +75,31 @@ def test_membership_auc_detects_leakage_and_chance():
     assert max_tpr_bound(1.0, 1e-5, 0.01) == pytest.approx(np.e * 0.01 + 1e-5)
     with pytest.raises(ValueError, match="non-finite"):
         loss_threshold_auc([0.1, float("nan")], [1.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n=st.integers(1, 30), k=st.integers(1, 5), floor=st.integers(1, 12))
+def test_mean_scores_have_sensitivity_one_under_add_remove_one(data, n, k, floor):
+    """F · Σ clip(d) / max(n_δ, F): removing any one patient moves every score by at most 1 (docs/privacy.md)."""
+    d = np.array(data.draw(st.lists(st.floats(-0.5, 1.5), min_size=n * k, max_size=n * k))).reshape(n, k)
+    e = np.array(data.draw(st.lists(st.booleans(), min_size=n * k, max_size=n * k))).reshape(n, k)
+    full = mean_combination_scores(d, e, floor)
+    assert np.all(full >= 0) and np.all(full <= floor)
+    for i in range(n):
+        keep = np.arange(n) != i
+        assert np.max(np.abs(full - mean_combination_scores(d[keep], e[keep], floor))) <= 1.0 + 1e-9
+
+
+def test_mean_scores_are_not_monotone_and_match_the_trainer():
+    from omnifuse_core.tla import mean_distances
+    d = np.array([[0.2, 0.9], [0.8, 0.1], [0.9, 0.1]])
+    e = np.ones((3, 2), dtype=bool)
+    before = mean_combination_scores(d[:2], e[:2], 1)
+    after = mean_combination_scores(d, e, 1)  # the third patient lowers one mean and raises the other
+    assert (after[0] - before[0]) * (after[1] - before[1]) < 0
+    present = torch.ones(3, 2, dtype=torch.bool)
+    combos = [(0,), (1,)]
+    ours, _ = mean_distances(lambda c: torch.tensor(d[:, c[0]]), present, combos, min_samples=4)
+    assert np.allclose(4 * ours.numpy(), mean_combination_scores(d, e, 4))
+    with pytest.raises(ValueError, match="tla-min-samples"):
+        mean_combination_scores(d, e, 0)

@@ -12,6 +12,7 @@ import pytest
 from client import site_privacy as sp
 from omnifuse_core.config import Config
 from omnifuse_core.privacy import PrivacyLedger, noisy_max_event
+from omnifuse_core.tla import selections_in_call
 from omnifuse_core.trainer import TrainResult
 
 N_TRAIN = 40
@@ -30,26 +31,32 @@ def _site(name: str = "hospital_x", fp: str = "fp-x") -> SimpleNamespace:
 
 
 class FakeTrainer:
-    """Takes exactly the planned Poisson steps and one noisy-max selection per epoch, like train_local under DP."""
+    """Takes exactly the planned Poisson steps and one noisy-max selection per epoch whose incoming model is
+    trained (all but round 1's first), like train_local under DP."""
 
     def __init__(self) -> None:
         self.calls: list = []
+        self.rnd = 1
 
     def __call__(self, cfg: Config, dp) -> TrainResult:
         self.calls.append((cfg, dp))
         q, per_epoch = cfg.batch_size / N_TRAIN, int(N_TRAIN / cfg.batch_size)
-        events = [dp.noisy_select([3.0, 1.0, 2.0])[1] for _ in range(cfg.local_epochs)] if dp.noisy_select else []
+        n = selections_in_call(cfg.local_epochs, self.rnd > 1)
+        events = [dp.noisy_select([3.0, 1.0, 2.0])[1] for _ in range(n)] if dp.noisy_select else []
         return TrainResult({}, {}, {"dp_event": events}, cfg.local_epochs * per_epoch, q)
 
 
 def _round(tmp: Path, rnd: int, trainer=None, *, cap=None, run_id="run-1", cfg=CFG, site=None):
+    trainer = trainer or FakeTrainer()
+    trainer.rnd = rnd
     return sp.dp_round(site or _site(), cfg, state_dir=tmp, max_epsilon=cap, server_round=rnd, run_id=run_id,
-                       uses_tla=True, train=trainer or FakeTrainer())
+                       uses_tla=True, train=trainer)
 
 
 def test_schedule_matches_what_the_trainer_takes():
     s = sp.plan_schedule(N_TRAIN, CFG, uses_tla=True)
     assert (s.sample_rate, s.steps_per_round, s.total_steps, s.noisy_max_per_round) == (0.2, 10, 30, 2)
+    assert (s.noisy_max_in_round(1), s.noisy_max_in_round(2), s.noisy_max_total) == (1, 2, 5)
     odd = sp.plan_schedule(28, CFG.replace(batch_size=16, planned_rounds=5), uses_tla=False)
     assert odd.steps_per_round == 2 * 1 and odd.total_steps == 10 and odd.noisy_max_per_round == 0  # int(1/q)
 
@@ -66,7 +73,7 @@ def test_sigma_is_calibrated_once_and_reused_across_rounds_and_restarts(tmp_path
         assert trainer.calls[0][1].noise_multiplier == metrics["noise_multiplier"]
     assert len(calls) == 1
     target_sgd, delta, q, steps = calls[0][:4]
-    assert (q, steps) == (0.2, 30) and target_sgd == pytest.approx(4.0 - 3 * 2 / 20.0)  # minus planned noisy-max
+    assert (q, steps) == (0.2, 30) and target_sgd == pytest.approx(4.0 - (1 + 2 * 2) * 2 / 20.0)  # minus planned noisy-max
     sigmas = {e[0] for e in PrivacyLedger(tmp_path, "fp-x").history()}
     assert len(sigmas) == 1
     assert eps[1] > eps[0] > 0
@@ -89,7 +96,7 @@ def test_spend_is_in_the_ledger_when_the_process_dies_before_replying(tmp_path, 
     assert trainer.calls, "training ran"
     ledger = PrivacyLedger(tmp_path, "fp-x")  # what a restarted process reads from disk
     kinds = [e["type"] for e in ledger.events()]
-    assert kinds == ["dpsgd", "laplace", "laplace"] and ledger.history()[0][2] == 10
+    assert kinds == ["dpsgd", "laplace"] and ledger.history()[0][2] == 10  # round 1: one mining after epoch 1
     assert all(e["round"] == 1 and e["run_id"] == "run-1" for e in ledger.events())
     monkeypatch.undo()
     # the restarted site continues from its ledger: round 2 adds to round 1, sigma unchanged
@@ -129,7 +136,7 @@ def test_cap_refuses_before_training_and_names_site_projection_and_cap(tmp_path)
     assert "hospital_x" in msg and "max-epsilon=" in msg and "epsilon=" in msg
     projected = float(msg.split("epsilon=")[1].split(" ")[0])
     assert projected > first["epsilon"] * 1.05
-    assert not trainer.calls and len(PrivacyLedger(tmp_path, "fp-x")) == 3  # nothing recorded for round 2
+    assert not trainer.calls and len(PrivacyLedger(tmp_path, "fp-x")) == 2  # nothing recorded for round 2
 
 
 def test_default_cap_is_target_epsilon_at_most_ten():
@@ -163,7 +170,10 @@ def test_report_epsilon_matches_dp_accounting_recomputed_from_history(tmp_path):
         part = pld_lib.from_gaussian_mechanism(sigma, sampling_prob=q,
                                                value_discretization_interval=1e-4).self_compose(steps)
         pld = part if pld is None else pld.compose(part)
-    pure = sum(ev["count"] * ev["sensitivity"] / ev["scale"] for ev in report["other_events"])  # monotone: 1/b
+    # TLA's mean scores are not monotone: 2/b per selection; round 1 makes one selection fewer (untrained epoch)
+    assert sum(ev["count"] for ev in report["other_events"]) == 1 + 2
+    assert not any(ev["monotone"] for ev in report["other_events"])
+    pure = sum(ev["count"] * 2 * ev["sensitivity"] / ev["scale"] for ev in report["other_events"])
     recomputed = pld.get_epsilon_for_delta(report["delta"]) + pure
     assert report["epsilon"] == pytest.approx(recomputed, rel=0.01)
     assert report["epsilon_cross_check"]["pld_basic"] == pytest.approx(report["epsilon"], rel=0.01)

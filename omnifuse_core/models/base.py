@@ -68,7 +68,7 @@ class FusionModel(nn.Module):
         loss = self.task.loss(logits, batch["labels"]).mean()
         return loss, {"loss": float(loss.detach())}
 
-    def on_epoch_start(self, train_batch_iter, device: torch.device, epoch: int) -> dict:
+    def on_epoch_start(self, train_batch_iter, device: torch.device, epoch: int, trained: bool = True) -> dict:
         """Hook run before each local epoch (OmniFuse mines the lazy combination here). Returns trace entries."""
         return {}
 

@@ -8,7 +8,7 @@ The objective (DESIGN §4.5) is a mean over samples of the per-sample sum::
 Every term is switchable (``use-forward``, ``use-backward``, ``use-dwfuse``, ``use-tla``) for the paper's ablations.
 Choices where the paper is silent (all in docs/method.md): imputation targets are stop-gradient; simulated
 missingness hides a random non-empty proper subset of a sample's present modalities (size uniform, then subset
-uniform) with probability ``hide-prob``; ``L_TLA`` is averaged over the whole batch (0 for samples without δ_lazy)
+uniform) with probability ``hide-prob``, and that hidden view feeds the imputation losses only; ``L_TLA`` is averaged over the whole batch (0 for samples without δ_lazy)
 so that every term is a per-sample sum, as DP-SGD requires.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 
 from ..fusion import ModalityHeads, dwfuse_weights
 from ..imputer import CascadeResidualAutoencoder, masked_slot_mse
-from ..tla import activation_loss, all_combinations, combo_mask, combo_name, select_lazy, summed_distances
+from ..tla import activation_loss, all_combinations, combo_mask, combo_name, mean_distances, select_lazy
 from . import FUSIONS
 from .base import FusionModel
 
@@ -43,12 +43,16 @@ class OmniFuse(FusionModel):
         self.use_backward = full and cfg.use_backward
         self.use_tla = full and cfg.use_tla
         dim = self.num_modalities * cfg.embed_dim
-        self.forward_cra = CascadeResidualAutoencoder(dim, cfg.cra_blocks, cfg.cra_hidden_list)
+        # Without imputation losses there is no imputer: the joint head reads the concatenated embeddings (the
+        # paper's Table 4 rows a-c are concat + DWFuse / TLA, not an untrained CRA's latents).
+        self.forward_cra = CascadeResidualAutoencoder(dim, cfg.cra_blocks, cfg.cra_hidden_list) \
+            if self.impute or self.use_backward else None
         self.backward_cra = CascadeResidualAutoencoder(dim, cfg.cra_blocks, cfg.cra_hidden_list) \
             if self.use_backward else None
         out = self.task_spec.num_outputs
         self.heads = ModalityHeads(self.num_modalities, cfg.embed_dim, cfg.head_hidden, out)
-        self.joint_head = nn.Sequential(nn.Linear(self.forward_cra.latent_dim, cfg.head_hidden), nn.ReLU(),
+        joint_dim = self.forward_cra.latent_dim if self.forward_cra is not None else dim
+        self.joint_head = nn.Sequential(nn.Linear(joint_dim, cfg.head_hidden), nn.ReLU(),
                                         nn.Linear(cfg.head_hidden, out))
         self.lazy_combo: Optional[tuple[int, ...]] = None
         self.prediction_mode = cfg.prediction if cfg.prediction in PREDICTION_MODES else "joint"
@@ -93,6 +97,8 @@ class OmniFuse(FusionModel):
         a = avail[..., None]
         vt, vm = (v_true[:, None], v_miss[:, None]) if stacked else (v_true, v_miss)
         v_in = torch.where(a, vt, vm)
+        if self.forward_cra is None:
+            return v_in, None, v_in, v_in.flatten(-2)
         v_fwd, joint = self.forward_cra(v_in.flatten(-2), need_output=need_output or self.impute)
         if v_fwd is None:
             return v_in, None, v_in, joint
@@ -137,32 +143,38 @@ class OmniFuse(FusionModel):
 
     # --- training ------------------------------------------------------------------------------------------
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Two views (DESIGN §4.2): the simulated-missingness view ``present & ~hidden`` feeds L_forward and
+        L_backward; L_enc, ω, L_rp and L_TLA see each patient's real availability (``hide-for-prediction: true``
+        feeds them the hidden view too). All views go through one imputer call per module, as DP-SGD requires."""
         inputs, present, y = batch["inputs"], batch["present"], batch["labels"]
         cfg, b = self.cfg, present.shape[0]
         v_true, v_miss = self.encode_with_zero(inputs, present)
         hidden = self.sample_hidden(present) if self.impute and cfg.hide_prob > 0 else torch.zeros_like(present)
         avail = present & ~hidden
-        use_tla = self.use_tla and self.lazy_combo is not None
         masks = [avail]
-        if use_tla:  # the δ_lazy-only view goes through the same imputer call (one call per module per step)
+        pred_view = 0
+        if self.impute and cfg.hide_prob > 0 and not cfg.hide_for_prediction:
+            masks.append(present)
+            pred_view = 1
+        use_tla = self.use_tla and self.lazy_combo is not None
+        if use_tla:  # the δ_lazy-only view of each patient's real data
             masks.append(present & combo_mask(self.lazy_combo, self.num_modalities, present.device))
         v_in, v_fwd, completed, joint = self.complete(v_true, v_miss, torch.stack(masks, 1),
                                                       need_output=self.backward_cra is not None)
-        v_in, completed = v_in[:, 0], completed[:, 0]
-        v_fwd = v_fwd[:, 0] if v_fwd is not None else None
         joint_logits = self.joint_head(joint)  # [B, P, K]
         zero = v_true.new_zeros(b)
         parts: dict[str, torch.Tensor] = {}
+        sum_slots = cfg.imputation_reduction == "sum"
         if self.impute:
             # Eq. 3: the complement pattern. Ground truth exists for every present slot (v^miss where available,
             # the true embedding where hidden); truly missing slots contribute nothing.
             target = torch.where(avail[:, :, None], v_miss, v_true).detach()
-            parts["forward"] = masked_slot_mse(v_fwd, target, present)
+            parts["forward"] = masked_slot_mse(v_fwd[:, 0], target, present, reduction=cfg.imputation_reduction)
         if self.backward_cra is not None:
-            v_bwd, _ = self.backward_cra(v_fwd.flatten(1))  # all K decoders feed v''
-
-            parts["backward"] = ((v_bwd - v_in.detach().flatten(1)) ** 2).mean(dim=1)
-        head_logits = self.heads(completed)
+            v_bwd, _ = self.backward_cra(v_fwd[:, 0].flatten(1))  # all K decoders feed v''
+            err = (v_bwd - v_in[:, 0].detach().flatten(1)) ** 2
+            parts["backward"] = err.sum(dim=1) if sum_slots else err.mean(dim=1)
+        head_logits = self.heads(completed[:, pred_view])
         ce = torch.stack([self.task.elementwise_loss(head_logits[:, m], y) for m in range(self.num_modalities)], 1)
         if cfg.use_dwfuse:
             p = torch.stack([self.task.p_true(head_logits[:, m], y) for m in range(self.num_modalities)], 1)
@@ -170,9 +182,9 @@ class OmniFuse(FusionModel):
         else:
             omega = torch.ones_like(ce)
         parts["enc"] = (omega * ce).sum(dim=1).mean(dim=-1)
-        parts["rp"] = self.task.loss(joint_logits[:, 0], y)
+        parts["rp"] = self.task.loss(joint_logits[:, pred_view], y)
         if use_tla:
-            parts["tla"] = activation_loss(self.task.loss(joint_logits[:, 1], y), present, self.lazy_combo)
+            parts["tla"] = activation_loss(self.task.loss(joint_logits[:, -1], y), present, self.lazy_combo)
         total = (parts.get("forward", zero) + cfg.lambda_backward * parts.get("backward", zero)
                  + cfg.lambda_dwfuse * (parts["enc"] + cfg.alpha * parts["rp"]) + cfg.lambda_tla * parts.get("tla", zero))
         loss = total.mean()
@@ -187,47 +199,61 @@ class OmniFuse(FusionModel):
                   noisy_select: Optional[Callable[[torch.Tensor], tuple[int, dict]]] = None) -> dict:
         """Score all 2^M − 1 combinations on the training split and set ``lazy_combo`` (DESIGN §4.4).
 
-        Embeddings are computed once; each combination re-runs only the imputer and joint head.
-        Under DP, ``noisy_select`` (report-noisy-max) picks the combination from distances clipped to [0, 1].
+        The network is in eval mode throughout (no dropout in the embeddings nor in e_m(0)); embeddings are
+        computed once and each combination re-runs only the imputer and joint head. A combination's score is
+        its mean distance ``Σ d / max(n_δ, F)`` (:func:`~omnifuse_core.tla.mean_distances`). Under DP,
+        ``noisy_select`` (report-noisy-max) picks from ``F ·`` those means over distances ``1 − p_y`` clipped to
+        [0, 1], whose sensitivity is 1 (docs/privacy.md).
         """
         was_training = self.training
         self.eval()
-        v_all, present_all, y_all = [], [], []
-        for batch in batches:
-            v_all.append(self.encode(batch["inputs"], batch["present"]))
-            present_all.append(batch["present"])
-            y_all.append(batch["labels"])
-        self.train(was_training)
-        if not v_all:
-            return {}
-        v_true, present, y = torch.cat(v_all), torch.cat(present_all), torch.cat(y_all)
-        v_miss = self.zero_embeddings({n: batch["inputs"][n][:1] for n in self.names}, 1).expand_as(v_true)
-        combos = all_combinations(self.num_modalities)
+        try:
+            v_all, present_all, y_all, first = [], [], [], None
+            for batch in batches:
+                v_all.append(self.encode(batch["inputs"], batch["present"]))
+                present_all.append(batch["present"])
+                y_all.append(batch["labels"])
+                first = first or batch
+            if not v_all:
+                return {}
+            v_true, present, y = torch.cat(v_all), torch.cat(present_all), torch.cat(y_all)
+            v_miss = self.zero_embeddings({n: first["inputs"][n][:1] for n in self.names}, 1).expand_as(v_true)
+            combos = all_combinations(self.num_modalities)
 
-        def distance(combo: tuple[int, ...]) -> torch.Tensor:
-            avail = present & combo_mask(combo, self.num_modalities, present.device)
-            _, _, _, joint = self.complete(v_true, v_miss, avail, need_output=False)
-            logits = self.joint_head(joint)
-            if noisy_select is not None:
-                return (1.0 - self.task.p_true(logits, y).mean(dim=1)).clamp(0.0, 1.0)
-            return self.task.loss(logits, y)
+            def distance(combo: tuple[int, ...]) -> torch.Tensor:
+                avail = present & combo_mask(combo, self.num_modalities, present.device)
+                _, _, _, joint = self.complete(v_true, v_miss, avail, need_output=False)
+                logits = self.joint_head(joint)
+                if noisy_select is not None:
+                    return (1.0 - self.task.p_true(logits, y).mean(dim=1)).clamp(0.0, 1.0)
+                return self.task.loss(logits, y)
 
-        scores = summed_distances(distance, present, combos)
+            floor = self.cfg.tla_min_samples
+            scores, counts = mean_distances(distance, present, combos, floor)
+        finally:
+            self.train(was_training)
         event: dict = {}
         if noisy_select is not None:
-            idx, event = noisy_select(scores)
+            idx, event = noisy_select(scores * floor)
         else:
             idx = select_lazy(scores)
         self.lazy_combo = combos[idx]
-        trace = {"lazy": combo_name(self.lazy_combo, self.names),
-                 "scores": {combo_name(c, self.names): float(s) for c, s in zip(combos, scores)}}
+        names = [combo_name(c, self.names) for c in combos]
+        trace = {"lazy": names[idx], "scores": dict(zip(names, scores.tolist())),
+                 "counts": dict(zip(names, counts.tolist()))}
         if event:
             trace["dp_event"] = event
         return trace
 
-    def on_epoch_start(self, train_batch_iter, device: torch.device, epoch: int, noisy_select=None) -> dict:
+    def on_epoch_start(self, train_batch_iter, device: torch.device, epoch: int, noisy_select=None,
+                       trained: bool = True) -> dict:
+        """Mine δ_lazy before every epoch whose model has been trained (``trained`` or ``epoch > 0``); before
+        that there is no TLA loss (an untrained network's scores mean nothing)."""
         if not self.use_tla:
             return {}
+        if not trained and epoch == 0:
+            self.lazy_combo = None
+            return {"lazy": None}
         return self.mine_lazy(train_batch_iter, device, noisy_select)
 
 

@@ -1,11 +1,14 @@
 """Report-noisy-max: the DP selection of TLA's laziest modality combination (DESIGN §4.4).
 
-Scores are per-candidate **sums** of per-sample distances clipped to ``[0, 1]``, each sample contributing only
-to the candidates its present set contains. Under add/remove-one adjacency, adding a patient raises every
-score by a value in ``[0, 1]`` (and removing one lowers every score), so the scores are *monotone* with
-sensitivity 1. For monotone scores, argmax of ``score + Laplace(b)`` is ``(1/b)``-DP (Dwork & Roth, Claim 3.9);
-for scores that may move in opposite directions it is ``(2/b)``-DP. The same bounds hold with Gumbel noise
-(argmax of ``score + Gumbel(b)`` is the exponential mechanism with ``exp(score / b)``). See docs/privacy.md.
+TLA scores a combination δ by its shrunk mean distance ``D(δ) = Σ_{i ∋ δ} d_i / max(n_δ, F)`` over the n_δ
+patients whose present set contains δ, with per-sample distances ``d_i`` clipped to ``[0, 1]`` and a public floor
+F (``tla-min-samples``). The selection runs on ``F · D(δ)`` (:func:`mean_combination_scores`), whose sensitivity
+under add/remove-one adjacency is 1: adding a patient with distance d to a δ it has moves ``F·D`` by
+``F·(d − D)/(n + 1)`` when ``n ≥ F`` (at most ``F/(n + 1) ≤ 1`` in size) and by ``d ≤ 1`` when ``n < F``
+(see docs/privacy.md for the full case split). Unlike sums, means can move in opposite directions for different
+δ (a patient can raise one mean and lower another), so the scores are *not* monotone and one selection with
+Laplace (or Gumbel) noise of scale b costs ``2/b`` (Dwork & Roth, Claim 3.9 and its general-sensitivity form).
+Sum scores (:func:`combination_scores`, sensitivity 1, monotone: ``1/b``) remain for callers that want them.
 
 The per-sample distances must be computed with the current (already DP-trained) model: it is a post-processing
 of earlier DP-SGD releases, so the selection composes adaptively with them.
@@ -23,6 +26,8 @@ import torch
 log = logging.getLogger(__name__)
 
 NOISES = ("laplace", "gumbel")
+#: TLA's mining scores (F-scaled shrunk means) are not monotone under add/remove-one: each selection costs 2/b.
+MINING_MONOTONE = False
 
 
 def combination_scores(distances: torch.Tensor | np.ndarray, eligible: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -41,6 +46,23 @@ def combination_scores(distances: torch.Tensor | np.ndarray, eligible: torch.Ten
         raise ValueError(f"distances {tuple(d.shape)} and eligible {tuple(e.shape)} must both be [N, K]")
     d = torch.nan_to_num(d, nan=1.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
     return (d * e).sum(dim=0).numpy()
+
+
+def mean_combination_scores(distances: torch.Tensor | np.ndarray, eligible: torch.Tensor | np.ndarray,
+                            min_samples: int) -> np.ndarray:
+    """TLA's DP mining scores ``F · Σ_eligible clip(d, 0, 1) / max(n_δ, F)`` per candidate: sensitivity 1,
+    not monotone (module docstring). The same numbers as ``F ·`` :func:`omnifuse_core.tla.mean_distances`.
+
+    Args:
+        distances: ``[N, K]`` per-sample distance for each of K candidates.
+        eligible: ``[N, K]`` bool.
+        min_samples: the public floor F >= 1.
+    """
+    if int(min_samples) != min_samples or min_samples < 1:
+        raise ValueError(f"min_samples (tla-min-samples) must be a whole number >= 1, got {min_samples!r}")
+    sums = combination_scores(distances, eligible)
+    n = torch.as_tensor(eligible).detach().cpu().bool().sum(dim=0).double().numpy()
+    return min_samples * sums / np.maximum(n, min_samples)
 
 
 def _noise(k: int, scale: float, noise: str, generator: np.random.Generator | torch.Generator | None) -> np.ndarray:
@@ -117,21 +139,25 @@ def noisy_max_event(scale: float, *, sensitivity: float = 1.0, count: int = 1, m
 
 
 def make_noisy_select(scale: float, generator: np.random.Generator | torch.Generator | None = None, *,
-                      noise: str = "laplace"):
+                      noise: str = "laplace", monotone: bool = MINING_MONOTONE):
     """A ``noisy_select(scores) -> (index, event)`` callable for the trainer's ``DPSettings.noisy_select``.
 
     Each call makes one selection and returns its ledger event (``count=1``; ``round``/``run_id`` are filled in
-    by :meth:`SiteBudget.record_round`). Scores must be sums of per-sample distances clipped to ``[0, 1]``.
+    by :meth:`SiteBudget.record_round`). Scores must have sensitivity 1 (TLA's F-scaled means, or sums) of
+    per-sample distances clipped to ``[0, 1]``.
 
     Args:
-        scale: noise scale b (config key ``tla-noise-scale``); each selection costs ``1/b``.
+        scale: noise scale b (config key ``tla-noise-scale``); each selection costs ``2/b`` (``1/b`` when
+            ``monotone``).
         generator: seeded numpy or torch generator.
         noise: ``"laplace"`` or ``"gumbel"``.
+        monotone: whether the scores are monotone (False for TLA's mean scores).
     """
     noisy_max_epsilon(scale)  # validate now, not at the first epoch
 
     def noisy_select(scores) -> tuple[int, dict]:
-        return report_noisy_max(scores, scale, generator, noise=noise), noisy_max_event(scale, noise=noise)
+        return (report_noisy_max(scores, scale, generator, noise=noise),
+                noisy_max_event(scale, noise=noise, monotone=monotone))
 
     return noisy_select
 

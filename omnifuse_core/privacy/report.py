@@ -36,7 +36,8 @@ UNIT = "one patient record at one site (example-level DP for that site's dataset
 ADJACENCY = "add/remove-one: datasets differing by the presence of one patient record"
 EMPTY_BATCH_POLICY = ("Poisson batches may be empty; an empty batch still takes a noisy optimizer step, "
                       "and every step is counted")
-PURE_DP_NOTE = ("noisy-max selections (pure eps0 = sensitivity/scale each, monotone scores) are composed in RDP "
+PURE_DP_NOTE = ("noisy-max selections (pure eps0 = sensitivity/scale each for monotone scores, twice that otherwise; "
+                "TLA's mean scores are not monotone) are composed in RDP "
                 "via the randomized-response curve, added to PRV by basic composition, and as zCDP / worst-case "
                 "PLD in dp-accounting")
 

@@ -139,7 +139,8 @@ def lazy_traces(metrics: dict) -> dict[str, list[str]]:
                 per_site.setdefault(site, train["trace"])
         for site, trace in per_site.items():
             lazy = (trace or {}).get("lazy") or []
-            out.setdefault(site, []).extend(str(c) for c in (lazy if isinstance(lazy, list) else [lazy]))
+            out.setdefault(site, []).extend("none" if c is None else str(c)
+                                           for c in (lazy if isinstance(lazy, list) else [lazy]))
     return {s: v for s, v in out.items() if v}
 
 
