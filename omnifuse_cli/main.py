@@ -45,7 +45,8 @@ def _config(config: str, overrides: tuple[str, ...]) -> Config:
 
 
 @cli.command()
-@click.option("--preset", default="demo", show_default=True, help="smoke | demo | laziness | extreme-missing")
+@click.option("--preset", default="demo", show_default=True,
+              help="smoke | demo | laziness | extreme-missing | reliability (docs/synthetic-data.md)")
 @click.option("--sites", type=int, default=None, help="Number of hospitals (default: the preset's).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder for the federation.")
 @click.option("--seed", type=int, default=0, show_default=True)

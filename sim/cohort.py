@@ -9,11 +9,17 @@ Missingness per modality: structural (the site's ``absent`` list -> nobody has i
 Bernoulli(sigmoid(b + mar_m * acuity)), where acuity is the standardized EHR acuity signal (MAR: sicker patients
 are imaged more often) and ``b`` is solved so the site's presence rate matches the preset / site override (with
 ``mar_m = 0`` this is MCAR). A patient left with no modality at all gets EHR (or the first modality the site has).
+
+Per-patient reliability (``Preset.reliability``, off in the original presets): for modality ``m`` each patient is
+unreliable with probability ``share_m`` (drawn from its own stream, for everyone). Unreliable patients' noise is
+scaled, ``u_m = z[:, F_m] + k * eps``, or, for a signal-free artifact (``k = inf``), ``u_m`` is drawn independently of
+``z`` from ``N(site mean, 1 + sd^2)`` (the marginal of a reliable signal). ``SiteCohort.unreliable`` keeps the flags and
+``SiteCohort.patient_sd`` the per-patient noise sd the oracle uses.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Independent random streams per site, so changing one renderer never shifts another's draws.
 STREAMS = {"latent": 0, "signal": 1, "presence": 2, "labels": 3, "split": 4, "ehr": 5, "image": 6, "text": 7,
-           "genomics": 8, "structure": 9}
+           "genomics": 8, "structure": 9, "reliability": 10, "artifact": 11}
 
 
 def rng_for(seed: int, site_index: int, stream: str) -> np.random.Generator:
@@ -46,6 +52,9 @@ class SiteCohort:
         signals: modality -> ``u_m`` ``[N, len(factors[m])]`` (drawn for everyone, used where present).
         present: modality -> bool ``[N]``.
         labels: labels and true risks; split: "train" / "val" / "test" per patient.
+        unreliable: modality -> bool ``[N]``, patients whose data in that modality is unreliable (only modalities
+            with a ``Preset.reliability`` entry); noise_multiplier / reliability_kind: modality -> that entry's
+            noise multiplier / rendering kind.
     """
 
     name: str
@@ -60,6 +69,16 @@ class SiteCohort:
     present: dict[str, np.ndarray]
     labels: Labels
     split: np.ndarray
+    unreliable: dict[str, np.ndarray] = field(default_factory=dict)
+    noise_multiplier: dict[str, float] = field(default_factory=dict)
+    reliability_kind: dict[str, str] = field(default_factory=dict)
+
+    def patient_sd(self, m: str) -> np.ndarray:
+        """Per-patient observation noise sd of modality ``m``, ``[N, len(factors[m])]`` (inf = no signal)."""
+        sd = np.tile(self.noise_sd[m], (self.n, 1))
+        if m in self.unreliable:
+            sd[self.unreliable[m]] *= self.noise_multiplier[m]
+        return sd
 
     @property
     def n(self) -> int:
@@ -98,6 +117,29 @@ def _presence(preset: Preset, profile: SiteProfile, acuity: np.ndarray, rng: np.
     return present
 
 
+def _unreliable(preset: Preset, z: np.ndarray, mean: np.ndarray, factors: dict[str, list[int]],
+                noise_sd: dict[str, np.ndarray], signals: dict[str, np.ndarray], rng: np.random.Generator
+                ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Draw the per-patient reliability flags and degrade those patients' signals in place (no-op by default)."""
+    flags: dict[str, np.ndarray] = {}
+    multiplier: dict[str, float] = {}
+    n = z.shape[0]
+    for m in MODALITIES:
+        rel = preset.reliability.get(m)
+        if rel is None:
+            continue
+        rel.check(m)
+        flag = rng.random(n) < rel.share
+        f = factors[m]
+        if rel.no_signal:  # an artifact: drawn from the signal's marginal, independent of z
+            fresh = mean[f] + np.sqrt(1.0 + noise_sd[m] ** 2) * rng.standard_normal((n, len(f)))
+            signals[m][flag] = fresh[flag]
+        else:
+            signals[m][flag] = z[flag][:, f] + rel.noise_scale * (signals[m][flag] - z[flag][:, f])
+        flags[m], multiplier[m] = flag, float(rel.noise_scale)
+    return flags, multiplier
+
+
 def simulate_site(preset: Preset, index: int, name: str, profile: SiteProfile, seed: int) -> SiteCohort:
     """Simulate one site's patients (no files written).
 
@@ -122,12 +164,16 @@ def simulate_site(preset: Preset, index: int, name: str, profile: SiteProfile, s
         factors[m] = sorted(int(f) for f in spec)
         noise_sd[m] = np.array([spec[f] for f in factors[m]], dtype=float) * float(profile.noise_scale.get(m, 1.0))
         signals[m] = z[:, factors[m]] + noise_sd[m] * sig_rng.standard_normal((n, len(factors[m])))
+    unreliable, multiplier = _unreliable(preset, z, mean, factors, noise_sd, signals,
+                                         rng_for(seed, index, "reliability"))
     labels = draw_labels(z, np.asarray(preset.mortality_weights, dtype=float), profile.mortality_prevalence,
-                         rng_for(seed, index, "labels"))
+                         rng_for(seed, index, "labels"), interaction=preset.interaction)
     cohort = SiteCohort(name=name, index=index, profile=profile,
                         patient_ids=[f"{name}-{i:05d}" for i in range(n)], z=z, prior_mean=mean, factors=factors,
                         noise_sd=noise_sd, signals=signals, present={}, labels=labels,
-                        split=stratified_split(labels.mortality, rng_for(seed, index, "split")))
+                        split=stratified_split(labels.mortality, rng_for(seed, index, "split")),
+                        unreliable=unreliable, noise_multiplier=multiplier,
+                        reliability_kind={m: r.kind for m, r in preset.reliability.items()})
     cohort.present = _presence(preset, profile, cohort.acuity(), rng_for(seed, index, "presence"), name)
     return cohort
 

@@ -7,6 +7,9 @@ Rows fall at irregular times in [0, 48) h (sicker patients are measured more oft
 a row with its own probability (vitals often, labs and GCS rarely, height / weight once), so most cells are empty.
 GCS is written as the benchmark's category strings, numbered ("4 Spontaneously") or plain ("Spontaneously")
 depending on the site; intubated patients get "1.0 ET/Trach" / "No Response-ETT" as verbal response.
+
+Sparse stays (per-patient unreliable EHR of the ``reliability`` preset): 3-8 rows whatever the acuity; their acuity
+signal is also noisier (see :mod:`sim.cohort`), so a short stay is both less informative and recognizable.
 """
 from __future__ import annotations
 
@@ -80,8 +83,8 @@ def _gcs(s: np.ndarray, style: int, rng: np.random.Generator) -> dict[str, np.nd
             "Glascow coma scale total": (eye + verbal + motor).astype(str).astype(object)}
 
 
-def render_ehr(acuity: np.ndarray, chronic: np.ndarray, gcs_style: int, rng: np.random.Generator
-               ) -> list[str]:
+def render_ehr(acuity: np.ndarray, chronic: np.ndarray, gcs_style: int, rng: np.random.Generator,
+               sparse: np.ndarray | None = None) -> list[str]:
     """CSV text of each patient's stay.
 
     Args:
@@ -89,12 +92,16 @@ def render_ehr(acuity: np.ndarray, chronic: np.ndarray, gcs_style: int, rng: np.
         chronic: chronic signal per patient ``[N]`` (zeros when the EHR does not observe it).
         gcs_style: 0 numbered GCS strings, 1 plain strings.
         rng: the site's EHR random stream.
+        sparse: optional bool ``[N]``: short stays (3-8 rows, independent of acuity). None = none (and no extra
+            random draws, so earlier presets render identically).
 
     Returns:
         One CSV document (header + rows, newline-terminated) per patient.
     """
     n = len(acuity)
     n_rows = np.clip(np.round(24 + 8 * acuity + 4 * rng.standard_normal(n)), 12, 64).astype(int)
+    if sparse is not None:
+        n_rows = np.where(np.asarray(sparse, dtype=bool), rng.integers(3, 9, n), n_rows)
     owner = np.repeat(np.arange(n), n_rows)
     r = len(owner)
     starts = np.concatenate([[0], np.cumsum(n_rows)[:-1]])

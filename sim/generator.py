@@ -8,6 +8,10 @@ Layout (site format: ``docs/data-format.md``)::
 
 A modality a site does not have (structural missingness) keeps its declaration in ``site.yaml`` and an empty
 cohort column; for genomics the site still gets a header-only ``genomics.csv`` so every site lists the same genes.
+
+Presets with per-patient reliability (``reliability``) also get ``OUT/reliability.csv`` (site, patient_id, one 0/1
+column per such modality: 1 = that patient's data in it is unreliable, where present; empty = modality absent). It
+lies outside the site folders: ground truth for analysis, not training input.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import yaml
 from sim.cohort import SiteCohort, rng_for, simulate_federation
 from sim.ehr import render_ehr, write_ehr
 from sim.genomics import GenePanel, make_panel, render_expression, write_expression
-from sim.images import render_images, write_images
+from sim.images import corrupt_images, render_images, write_images
 from sim.latent import PHENO_NAMES
 from sim.oracle import compute_oracle
 from sim.presets import MODALITIES, PRESETS, SCANNERS, Preset, get_preset, list_presets
@@ -43,6 +47,7 @@ MODALITY_DECLS = {
 }
 FEDERATION_FILE = "federation.yaml"
 ORACLE_FILE = "oracle.json"
+RELIABILITY_FILE = "reliability.csv"
 
 
 def _column(c: SiteCohort, m: str, factor: int) -> np.ndarray:
@@ -50,6 +55,13 @@ def _column(c: SiteCohort, m: str, factor: int) -> np.ndarray:
     if factor in c.factors[m]:
         return c.signals[m][:, c.factors[m].index(factor)]
     return np.zeros(c.n)
+
+
+def _flags(c: SiteCohort, m: str, kind: str, sel: np.ndarray) -> np.ndarray | None:
+    """Unreliable flags of the selected patients when modality ``m`` renders them as ``kind``, else None."""
+    if m in c.unreliable and c.reliability_kind.get(m) == kind:
+        return c.unreliable[m][sel]
+    return None
 
 
 def _write_site(root: Path, c: SiteCohort, panel: GenePanel, seed: int) -> dict[str, int]:
@@ -65,11 +77,14 @@ def _write_site(root: Path, c: SiteCohort, panel: GenePanel, seed: int) -> dict[
     sel = c.present["ehr"]
     if sel.any():
         docs = render_ehr(_column(c, "ehr", 0)[sel], _column(c, "ehr", 3)[sel], c.profile.gcs_style,
-                          rng_for(seed, c.index, "ehr"))
+                          rng_for(seed, c.index, "ehr"), sparse=_flags(c, "ehr", "sparse", sel))
         fill("ehr", write_ehr(site_dir, list(pids[sel]), docs))
     sel = c.present["image"]
     if sel.any():
         imgs = render_images(c.signals["image"][sel], SCANNERS[c.profile.scanner], rng_for(seed, c.index, "image"))
+        artifact = _flags(c, "image", "artifact", sel)
+        if artifact is not None and artifact.any():
+            imgs[artifact] = corrupt_images(imgs[artifact], rng_for(seed, c.index, "artifact"))
         fill("image", write_images(site_dir, list(pids[sel]), imgs))
     sel = c.present["text"]
     if sel.any():
@@ -110,9 +125,20 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
             target = (out_dir / str(name)).resolve()
             if target.parent == out_dir.resolve() and target.is_dir():
                 shutil.rmtree(target)
-        for name in (FEDERATION_FILE, ORACLE_FILE):
+        for name in (FEDERATION_FILE, ORACLE_FILE, RELIABILITY_FILE):
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_reliability(path: Path, cohorts: list[SiteCohort]) -> None:
+    mods = [m for m in MODALITIES if m in cohorts[0].unreliable]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["site", "patient_id", *mods])
+        for c in cohorts:
+            for i in range(c.n):
+                w.writerow([c.name, c.patient_ids[i],
+                            *(int(c.unreliable[m][i]) if c.present[m][i] else "" for m in mods)])
 
 
 def generate_federation(preset: str | Preset, n_sites: int | None, out_dir: Path, seed: int = 0,
@@ -145,11 +171,15 @@ def generate_federation(preset: str | Preset, n_sites: int | None, out_dir: Path
     oracle = compute_oracle(p, cohorts, seed)
     oracle["genes"] = panel.describe()
     (out_dir / ORACLE_FILE).write_text(json.dumps(oracle, indent=1, allow_nan=False) + "\n")
+    if p.reliability:
+        _write_reliability(out_dir / RELIABILITY_FILE, cohorts)
     federation = {
         "preset": p.name, "seed": int(seed), "sites": [c.name for c in cohorts],
         "labels": LABELS, "tasks": ["binary", "multiclass", "multilabel", "survival"],
         "modalities": list(MODALITIES), "oracle": ORACLE_FILE, "counts": counts,
     }
+    if p.reliability:
+        federation["reliability"] = RELIABILITY_FILE
     (out_dir / FEDERATION_FILE).write_text(yaml.safe_dump(federation, sort_keys=False))
     log.info("synthetic federation %r (%d sites, seed %d) written to %s in %.1f s", p.name, len(cohorts), seed,
              out_dir, time.perf_counter() - start)

@@ -5,6 +5,11 @@ inside the lung fields: their number, size and brightness grow with the image's 
 lung lesion burden). If the image also observes a second factor, the heart size follows it. The site's scanner
 (:data:`sim.presets.SCANNERS`) then applies low resolution (block averaging), blur, gain / offset, noise and streak
 artifacts. Everything is vectorized over patients with numpy; PNGs are written with PIL.
+
+:func:`corrupt_images` turns images into failed acquisitions (per-patient artifacts of the ``reliability`` preset):
+washed-out contrast, a dropped band of rows, several bright streaks and heavy noise. The generator renders those
+patients' images from a signal drawn independently of the latent state, so they carry no signal at all; the
+artifact look only makes them recognizable.
 """
 from __future__ import annotations
 
@@ -100,6 +105,34 @@ def render_images(signal: np.ndarray, scanner: dict[str, float], rng: np.random.
         img = img + col(amp * on) * blob
     img = _scanner(img, scanner, x, y, rng)
     return np.round(img * 255).astype(np.uint8)
+
+
+def corrupt_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Failed-acquisition look for uint8 images ``[N, 64, 64]``: low contrast, a blank band, streaks, heavy noise.
+
+    Args:
+        images: rendered images (uint8).
+        rng: random stream (the site's artifact stream).
+
+    Returns:
+        uint8 ``[N, 64, 64]``.
+    """
+    n = images.shape[0]
+    g = (np.arange(SIZE) + 0.5) / SIZE * 2 - 1
+    y, x = np.meshgrid(g, g, indexing="ij")
+    img = images.astype(float) / 255.0
+    img = 0.3 * img + rng.uniform(0.25, 0.45, n)[:, None, None]
+    rows = np.arange(SIZE)[None, :, None]
+    start = rng.integers(0, SIZE - 12, n)[:, None, None]
+    band = (rows >= start) & (rows < start + rng.integers(6, 16, n)[:, None, None])
+    img = np.where(band, rng.uniform(0.0, 0.1, n)[:, None, None], img)
+    for _ in range(4):
+        theta = rng.uniform(0, np.pi, n)[:, None, None]
+        c = rng.uniform(-0.8, 0.8, n)[:, None, None]
+        dist = x[None] * np.cos(theta) + y[None] * np.sin(theta) - c
+        img = img + rng.uniform(0.2, 0.45, n)[:, None, None] * np.exp(-0.5 * (dist / 0.04) ** 2)
+    img = img + 0.15 * rng.standard_normal(img.shape)
+    return np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def write_images(site_dir: Path, pids: list[str], images: np.ndarray) -> list[str]:

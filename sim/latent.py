@@ -7,6 +7,9 @@ For a patient with latent state ``z`` (4 factors, see :mod:`sim.presets`):
 * subtype ~ Categorical(softmax(SUBTYPE_WEIGHTS . z));
 * survival: T ~ Weibull(shape 1.5, scale 200 d * exp(-(w . z) / 1.5)), censored by C ~ Uniform(20, 365) d;
   ``time = max(min(T, C), 0.5)``, ``event = T <= C``. The true survival risk is ``w . z``.
+
+With a preset's optional interaction ``(a, b, gamma)`` the mortality / survival predictor is
+``w . z + gamma * z_a * z_b`` (phenotypes and subtype stay linear).
 """
 from __future__ import annotations
 
@@ -70,10 +73,25 @@ class Labels:
     true_mortality: np.ndarray  # P(mortality = 1 | z)
     true_pheno: np.ndarray  # P(pheno_j = 1 | z)
     true_subtype: np.ndarray  # softmax probabilities [N, 3]
-    true_survival_risk: np.ndarray  # w . z (higher = earlier death)
+    true_survival_risk: np.ndarray  # w . z (+ interaction; higher = earlier death)
 
 
-def draw_labels(z: np.ndarray, weights: np.ndarray, prevalence: float, rng: np.random.Generator) -> Labels:
+def risk_predictor(z: np.ndarray, weights: np.ndarray, interaction=None) -> np.ndarray:
+    """Mortality / survival linear predictor without intercept: ``w . z`` (+ ``gamma * z_a * z_b``).
+
+    Args:
+        z: latent states ``[N, 4]``.
+        weights: mortality / survival weights ``[4]``.
+        interaction: optional :class:`sim.presets.Interaction`.
+    """
+    eta = z @ weights
+    if interaction is not None:
+        eta = eta + interaction.gamma * z[:, interaction.a] * z[:, interaction.b]
+    return eta
+
+
+def draw_labels(z: np.ndarray, weights: np.ndarray, prevalence: float, rng: np.random.Generator,
+                interaction=None) -> Labels:
     """Draw all labels of one site from its latent states.
 
     Args:
@@ -81,9 +99,10 @@ def draw_labels(z: np.ndarray, weights: np.ndarray, prevalence: float, rng: np.r
         weights: mortality / survival weights ``[4]``.
         prevalence: target mortality rate of this site.
         rng: the site's label random stream.
+        interaction: optional :class:`sim.presets.Interaction` term of the mortality / survival predictor.
     """
     n = z.shape[0]
-    eta = z @ weights
+    eta = risk_predictor(z, weights, interaction)
     b = solve_intercept(eta, prevalence)
     p_mort = sigmoid(b + eta)
     mortality = (rng.random(n) < p_mort).astype(int)

@@ -18,6 +18,7 @@ modality can at best reach that modality's oracle; these are upper bounds, not t
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -25,10 +26,22 @@ import numpy as np
 
 from sim.cohort import SiteCohort
 from sim.latent import PHENO_BIAS, PHENO_WEIGHTS, SUBTYPE_WEIGHTS, sigmoid
-from sim.presets import MODALITIES, N_LATENT, Preset
+from sim.presets import MODALITIES, N_LATENT, Interaction, Preset
 from sim.scoring import task_metrics
 
 SOURCES = ("true", "all", "observed", *MODALITIES)
+#: Sources added when ``Preset.oracle_subsets`` is set: every pair and triple of modalities, e.g. ``image+genomics``.
+SUBSET_SOURCES = tuple("+".join(s) for k in (2, 3) for s in itertools.combinations(MODALITIES, k))
+# Appended to ``method`` in oracle.json only for presets that use these terms (older presets' files stay identical).
+EXTENSIONS_DOC = """\
+Extensions (presets with an interaction, per-patient reliability or subset sources):
+* interaction ``gamma * z_a * z_b`` in the mortality / survival predictor: the posterior of z stays Gaussian and
+  factor-wise independent, so the logistic risk is averaged by nested Gauss-Hermite quadrature (32 points over z_a;
+  given z_a the predictor is Gaussian) and the survival score is ``w . mean + gamma * mean_a * mean_b``.
+* per-patient reliability: each patient's observation precision uses its own noise sd (scaled for unreliable
+  patients; zero precision for signal-free artifacts). The flags are visible in the data (artifact images look like
+  failed acquisitions, sparse EHR stays have few rows), so an oracle that knows them is still a fair reference.
+* ``a+b`` sources: the conditional risk given exactly those modalities' signals (as if every patient had them)."""
 _GH_X, _GH_W = np.polynomial.hermite.hermgauss(32)
 _MC_DRAWS = np.random.default_rng(12345).standard_normal((256, N_LATENT))
 _KEEP = {"binary": ("auroc", "auprc", "prevalence"), "multiclass": ("auroc", "accuracy"),
@@ -48,8 +61,9 @@ def posterior(c: SiteCohort, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     precision = np.ones((c.n, N_LATENT))
     weighted = np.tile(c.prior_mean, (c.n, 1)).astype(float)
     for j, m in enumerate(MODALITIES):
+        per_patient = c.patient_sd(m) if m in c.unreliable else None
         for k, f in enumerate(c.factors[m]):
-            inv = 1.0 / c.noise_sd[m][k] ** 2
+            inv = 1.0 / c.noise_sd[m][k] ** 2 if per_patient is None else 1.0 / per_patient[:, k] ** 2  # inf -> 0
             precision[:, f] += use[:, j] * inv
             weighted[:, f] += use[:, j] * inv * c.signals[m][:, k]
     return weighted / precision, 1.0 / precision
@@ -61,20 +75,44 @@ def _expected_sigmoid(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return (sigmoid(x) * _GH_W).sum(axis=-1) / math.sqrt(math.pi)
 
 
-def risks(c: SiteCohort, weights: np.ndarray, use: np.ndarray | None) -> dict[str, np.ndarray]:
+def _expected_sigmoid_interaction(b: float, mean: np.ndarray, var: np.ndarray, weights: np.ndarray,
+                                  inter: Interaction) -> np.ndarray:
+    """E[sigmoid(b + w . z + gamma z_a z_b)] for z ~ N(mean, diag(var)) (per row).
+
+    Given z_a = t the predictor is Gaussian with mean ``b + sum_{f != a} w_f m_f + w_a t + gamma t m_b`` and
+    variance ``sum_{f != a, b} w_f^2 v_f + (w_b + gamma t)^2 v_b``; t is integrated with Gauss-Hermite.
+    """
+    a, bb, g = inter.a, inter.b, inter.gamma
+    if a == bb:
+        raise ValueError("interaction factors must differ")
+    others = [f for f in range(mean.shape[1]) if f not in (a, bb)]
+    t = mean[:, a, None] + np.sqrt(2.0 * var[:, a])[:, None] * _GH_X  # [N, Q]
+    slope = weights[bb] + g * t
+    m = (b + mean[:, others] @ weights[others])[:, None] + weights[a] * t + slope * mean[:, bb, None]
+    v = (var[:, others] @ weights[others] ** 2)[:, None] + slope ** 2 * var[:, bb, None]
+    return (_expected_sigmoid(m, v) * _GH_W).sum(axis=-1) / math.sqrt(math.pi)
+
+
+def risks(c: SiteCohort, weights: np.ndarray, use: np.ndarray | None,
+          interaction: Interaction | None = None) -> dict[str, np.ndarray]:
     """Scores per task: from the true z (``use=None``) or from the posterior given the signals in ``use``."""
     lab = c.labels
     if use is None:
         return {"binary": lab.true_mortality, "multilabel": lab.true_pheno, "multiclass": lab.true_subtype,
                 "survival": lab.true_survival_risk}
     mean, var = posterior(c, use)
-    mort = _expected_sigmoid(lab.mortality_intercept + mean @ weights, var @ weights ** 2)
+    if interaction is None:
+        mort = _expected_sigmoid(lab.mortality_intercept + mean @ weights, var @ weights ** 2)
+        surv = mean @ weights
+    else:
+        mort = _expected_sigmoid_interaction(lab.mortality_intercept, mean, var, weights, interaction)
+        surv = mean @ weights + interaction.gamma * mean[:, interaction.a] * mean[:, interaction.b]
     pheno = _expected_sigmoid(mean @ PHENO_WEIGHTS.T + PHENO_BIAS, var @ (PHENO_WEIGHTS ** 2).T)
     draws = mean[:, None, :] + np.sqrt(var)[:, None, :] * _MC_DRAWS[None]  # [N, S, 4]
     logits = draws @ SUBTYPE_WEIGHTS.T
     p = np.exp(logits - logits.max(axis=-1, keepdims=True))
     sub = (p / p.sum(axis=-1, keepdims=True)).mean(axis=1)
-    return {"binary": mort, "multilabel": pheno, "multiclass": sub, "survival": mean @ weights}
+    return {"binary": mort, "multilabel": pheno, "multiclass": sub, "survival": surv}
 
 
 def _labels(c: SiteCohort) -> dict[str, np.ndarray]:
@@ -95,23 +133,51 @@ def _score(labels: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> dict
     return out
 
 
-def _site_scores(c: SiteCohort, weights: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+def _site_scores(c: SiteCohort, weights: np.ndarray, interaction: Interaction | None = None,
+                 subsets: bool = False) -> dict[str, dict[str, np.ndarray]]:
     present = np.stack([c.present[m] for m in MODALITIES], axis=1)
     uses: dict[str, np.ndarray | None] = {"true": None, "all": np.ones_like(present), "observed": present}
     for j, m in enumerate(MODALITIES):
         only = np.zeros_like(present)
         only[:, j] = True
         uses[m] = only
-    return {src: risks(c, weights, use) for src, use in uses.items()}
+    for name in SUBSET_SOURCES if subsets else ():
+        only = np.zeros_like(present)
+        only[:, [MODALITIES.index(m) for m in name.split("+")]] = True
+        uses[name] = only
+    return {src: risks(c, weights, use, interaction) for src, use in uses.items()}
 
 
-def _scope(cohorts: Sequence[SiteCohort], scores: list[dict], split: str | None) -> dict:
+def _design(preset: Preset, cohorts: Sequence[SiteCohort]) -> dict:
+    """The optional terms of the latent model, for oracle.json (empty for presets without them)."""
+    out: dict = {}
+    if preset.interaction is not None:
+        it = preset.interaction
+        out["interaction"] = {"term": it.describe(), "factors": [it.a, it.b], "gamma": it.gamma,
+                              "observed_by": {str(f): [m for m in MODALITIES if f in preset.signals[m]]
+                                              for f in (it.a, it.b)}}
+    if preset.reliability:
+        out["reliability"] = {
+            m: {"kind": r.kind, "share": r.share, "noise_scale": None if r.no_signal else r.noise_scale,
+                "no_signal": r.no_signal, "unreliable_fraction_of_present": _unreliable_share(cohorts, m),
+                "per_site": {c.name: _unreliable_share([c], m) for c in cohorts}}
+            for m, r in preset.reliability.items()}
+    return out
+
+
+def _unreliable_share(cohorts: Sequence[SiteCohort], m: str) -> float | None:
+    """Fraction of the patients with modality ``m`` present whose ``m`` data is unreliable (None: nobody has it)."""
+    flags = np.concatenate([c.unreliable[m][c.present[m]] for c in cohorts])
+    return round(float(flags.mean()), 4) if flags.size else None
+
+
+def _scope(cohorts: Sequence[SiteCohort], scores: list[dict], split: str | None, sources=SOURCES) -> dict:
     sel = [np.ones(c.n, bool) if split is None else c.split == split for c in cohorts]
     labels = {t: np.concatenate([_labels(c)[t][s] for c, s in zip(cohorts, sel)]) for t in _KEEP}
     out = {"n": int(sum(s.sum() for s in sel)),
            "present_fraction": {m: round(float(np.concatenate([c.present[m][s] for c, s in zip(cohorts, sel)])
                                                .mean()), 4) for m in MODALITIES}}
-    for src in SOURCES:
+    for src in sources:
         joined = {t: np.concatenate([sc[src][t][s] for sc, s in zip(scores, sel)]) for t in _KEEP}
         out[src] = _score(labels, joined)
     return out
@@ -126,11 +192,17 @@ def compute_oracle(preset: Preset, cohorts: Sequence[SiteCohort], seed: int) -> 
         seed: the federation seed (recorded).
     """
     weights = np.asarray(preset.mortality_weights, dtype=float)
-    scores = [_site_scores(c, weights) for c in cohorts]
-    result = {"preset": preset.name, "seed": int(seed), "method": __doc__.strip(), "sources": list(SOURCES),
+    design = _design(preset, cohorts)
+    sources = SOURCES + (SUBSET_SOURCES if preset.oracle_subsets else ())
+    scores = [_site_scores(c, weights, preset.interaction, preset.oracle_subsets) for c in cohorts]
+    method = __doc__.strip() + ("\n\n" + EXTENSIONS_DOC if design or preset.oracle_subsets else "")
+    result = {"preset": preset.name, "seed": int(seed), "method": method, "sources": list(sources),
               "sites": [c.name for c in cohorts], "global": {}, "per_site": {}}
     for split_name, split in (("all", None), ("test", "test")):
-        result["global"][split_name] = _scope(cohorts, scores, split)
+        result["global"][split_name] = _scope(cohorts, scores, split, sources)
     for c, sc in zip(cohorts, scores):
-        result["per_site"][c.name] = {s_name: _scope([c], [sc], s) for s_name, s in (("all", None), ("test", "test"))}
+        result["per_site"][c.name] = {s_name: _scope([c], [sc], s, sources)
+                                      for s_name, s in (("all", None), ("test", "test"))}
+    if design:
+        result["design"] = design
     return result

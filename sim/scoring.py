@@ -50,10 +50,52 @@ def auprc(y: np.ndarray, s: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+_DENSE_MAX = 1500  # above this many samples (and without NaN) the blocked O(n sqrt n) counter is used
+_BLOCK = 256
+
+
+def _c_index_counts(time: np.ndarray, ev: np.ndarray, risk: np.ndarray) -> tuple[int, int, int]:
+    """(comparable pairs, concordant pairs, risk-tied pairs) of Harrell's C without an n x n matrix.
+
+    Patients sorted by time; for event i the comparable j are the suffix after ``searchsorted(t, t_i, 'right')``.
+    That suffix = a partial block (compared directly, < ``_BLOCK`` entries) + whole blocks to the end, whose sorted
+    risks are precomputed once per block start, so counts come from ``searchsorted``. Exact integer counts.
+    """
+    order = np.argsort(time, kind="mergesort")
+    t, r, e = time[order], risk[order], ev[order]
+    n = len(t)
+    idx = np.flatnonzero(e)
+    start = np.searchsorted(t, t[idx], side="right")  # first comparable position of each event
+    den = int((n - start).sum())
+    boundary = np.minimum(-(-start // _BLOCK) * _BLOCK, n)  # first block start at or after `start`
+    # partial block [start, boundary)
+    offs = np.arange(_BLOCK)
+    pos = start[:, None] + offs[None, :]
+    inside = pos < boundary[:, None]
+    rj = r[np.minimum(pos, n - 1)]
+    ri = r[idx][:, None]
+    conc = int(((rj < ri) & inside).sum())
+    ties = int(((rj == ri) & inside).sum())
+    # whole blocks [boundary, n)
+    for b in np.unique(boundary):
+        if b >= n:
+            continue
+        tail = np.sort(r[b:])
+        sel = boundary == b
+        lo = np.searchsorted(tail, r[idx[sel]], side="left")
+        hi = np.searchsorted(tail, r[idx[sel]], side="right")
+        conc += int(lo.sum())
+        ties += int((hi - lo).sum())
+    return den, conc, ties
+
+
 def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's concordance index (higher risk should mean earlier event)."""
     time, event, risk = (np.asarray(a, dtype=float) for a in (time, event, risk))
     ev = event > 0
+    if len(time) > _DENSE_MAX and not (np.isnan(time).any() or np.isnan(risk).any()):
+        den, conc, ties = _c_index_counts(time, ev, risk)
+        return NAN if den == 0 else float((np.int64(conc) + 0.5 * np.int64(ties)) / den)
     comparable = ev[:, None] & (time[None, :] > time[:, None])  # [i, j]: i had the event before j's time
     den = comparable.sum()
     if den == 0:

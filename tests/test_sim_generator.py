@@ -149,7 +149,7 @@ def test_sites_override_and_bad_inputs(tmp_path: Path) -> None:
 
 def test_list_presets_names() -> None:
     names = [n for n, _ in list_presets()]
-    assert names == ["smoke", "demo", "laziness", "extreme-missing"]
+    assert names == ["smoke", "demo", "laziness", "extreme-missing", "reliability"]
 
 
 def test_smoke_sites_pass_the_validator(smoke: Path) -> None:

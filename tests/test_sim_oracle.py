@@ -87,6 +87,19 @@ def test_scoring_matches_sklearn_and_bruteforce() -> None:
     assert c_index(t, e, r) == pytest.approx(num / den)
 
 
+def test_blocked_c_index_equals_dense_exactly(monkeypatch) -> None:
+    """Large inputs use the blocked counter; it must give the same float as the n x n version (ties included)."""
+    import sim.scoring as scoring
+    rng = np.random.default_rng(1)
+    cases = []
+    for n in (1501, 2600, 4000):
+        t = np.round(rng.exponential(50, n), 0)
+        cases.append((t, rng.integers(0, 2, n), np.round(rng.standard_normal(n), 1)))
+    fast = [c_index(*case) for case in cases]
+    monkeypatch.setattr(scoring, "_DENSE_MAX", 10 ** 9)
+    assert fast == [c_index(*case) for case in cases]
+
+
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
