@@ -1,15 +1,11 @@
-"""Shared helpers of the benchmark scripts (B1–B7): arguments, a cached federation, in-memory training, runs
-through the real entry points (``--reuse``), environment and result files. Statistics and tables: ``bench/stats.py``.
+"""Shared helpers of the benchmark scripts (B1–B7): arguments, a cached federation, runs through the real entry
+points (``--reuse``), environment and result files. In-memory training: ``bench/training.py``; parallel runs:
+``bench/runner.py``; statistics and tables: ``bench/stats.py`` and ``bench/bootstrap.py``.
 
-Every script follows the same shape (see ``bench/federation_value.py``): one command, fixed seeds, a synthetic
-federation generated once under ``--work`` (``<work>/<preset>-<sites>-<data-seed>``, shared with B4), results as
-JSON under ``bench/results/`` plus a printed Markdown table. ``--quick`` picks the ``smoke`` preset and config (unless
-given) and the tiniest settings; the smoke test runs every script that way.
-
-In-memory centralized training (:func:`train_centralized`) is exactly what ``sim.modes.run_centralized`` does
-(pool the sites' train splits, ``rounds`` chunks of ``local-epochs`` epochs with ``seed_offset = round``, the
-prediction mode chosen on the pooled validation split, per-site test metrics and their sample-weighted mean), but it
-reuses sites loaded once, so that many runs, modality subsets and masked cohorts do not reload site folders.
+Every script follows the same shape (see ``bench/federation_value.py``): one command, fixed seeds, synthetic
+federations generated once under ``--work`` (``<work>/<preset>-<sites>-<data-seed>``, shared between scripts),
+results as JSON under ``bench/results/`` plus a printed Markdown table. ``--quick`` picks the ``smoke`` preset and
+config (unless given) and the tiniest settings; the smoke test runs every script that way.
 """
 from __future__ import annotations
 
@@ -27,6 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from bench.training import restrict, restrict_sites, train_centralized  # noqa: F401  (re-exported)
+
 log = logging.getLogger("bench.common")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -43,10 +41,13 @@ def base_parser(description: str, *, seeds: int = 5) -> argparse.ArgumentParser:
         seeds: default number of training seeds (0..N-1).
     """
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--preset", default=None, help="synthetic preset (default laziness; smoke with --quick)")
+    ap.add_argument("--preset", default=None,
+                    help="synthetic preset of sim/presets.py, e.g. laziness, reliability (default laziness; smoke "
+                         "with --quick)")
     ap.add_argument("--sites", type=int, default=None, help="number of sites (default: the preset's)")
-    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated federation")
-    ap.add_argument("--config", default=None, help="shipped config name or YAML file (default demo; smoke with --quick)")
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the (first) generated federation")
+    ap.add_argument("--config", default=None,
+                    help="shipped config name or YAML file (default demo; smoke with --quick)")
     ap.add_argument("--seeds", type=int, default=seeds, help="training seeds 0..N-1 (paired across methods)")
     ap.add_argument("--rounds", type=int, default=None, help="override the config's rounds")
     ap.add_argument("--local-epochs", type=int, default=None, help="override the config's local-epochs")
@@ -61,11 +62,31 @@ def base_parser(description: str, *, seeds: int = 5) -> argparse.ArgumentParser:
     ap.add_argument("--reuse", action="store_true",
                     help="keep a finished run folder under --work whose config.yaml matches the run's config "
                          "(resume an interrupted benchmark; assumes the code has not changed since)")
+    ap.add_argument("--device", default=None,
+                    help="torch device for every run (default: the config's `device`; auto = CUDA when present)")
     return ap
 
 
-def resolve_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
-    """Fill defaults that depend on ``--quick`` (preset, config, seeds, out) and set up logging."""
+def add_run_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of the paired benchmarks B1–B4: data seeds, parallel jobs and the bootstrap."""
+    ap.add_argument("--data-seeds", type=int, default=1,
+                    help="synthetic federations generated with seeds DATA_SEED..DATA_SEED+N-1 (paired across rows)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="independent runs in N spawned worker processes (results identical to --jobs 1 at the "
+                         "same --threads; with --threads 0 each worker gets cores/N threads)")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates of every paired difference")
+    ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")
+    return ap
+
+
+def seeds_of(args: argparse.Namespace) -> tuple[list[int], list[int]]:
+    """``(data seeds, model seeds)`` of a paired benchmark."""
+    return list(range(args.data_seed, args.data_seed + args.data_seeds)), list(range(args.seeds))
+
+
+def resolve_args(args: argparse.Namespace, name: str, *, preset_in_name: bool = False) -> argparse.Namespace:
+    """Fill defaults that depend on ``--quick`` (preset, config, seeds, out) and set up logging; with
+    ``preset_in_name`` the default result file of a preset other than laziness is ``<name>-<preset>.json``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "transformers", "flwr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -78,6 +99,7 @@ def resolve_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
     if args.quick:
         args.seeds = 1
     if args.out is None:
+        name += f"-{args.preset}" if preset_in_name and args.preset not in ("laziness", "smoke") else ""
         args.out = RESULTS_DIR / (f"{name}-quick.json" if args.quick else f"{name}.json")
     return args
 
@@ -104,6 +126,8 @@ def load_config(args: argparse.Namespace, **overrides):
         cfg = Config.load(args.config).with_overrides(getattr(args, "overrides", []))
     except ConfigError as exc:
         raise SystemExit(str(exc)) from exc
+    if getattr(args, "device", None):
+        changes["device"] = args.device
     changes.update(overrides)
     return cfg.replace(**changes)
 
@@ -136,74 +160,7 @@ def load_all(data: Path, cfg) -> list:
     return load_sites(data, cfg.replace(modalities="ehr,image,text,genomics"))
 
 
-def restrict(ds, names: Sequence[str]):
-    """The dataset with only the modalities ``names`` (in that order); what loading with ``modalities`` gives."""
-    from omnifuse_core.batch import MultimodalDataset
-
-    index = [ds.modality_names.index(n) for n in names]
-    specs = [ds.specs[i] for i in index]
-    return MultimodalDataset(specs, {n: ds.inputs[n] for n in names}, ds.present[:, index].clone(), ds.labels,
-                             list(ds.patient_ids))
-
-
-def restrict_sites(sites: list, names: Sequence[str]) -> list:
-    """Copies of ``sites`` whose splits hold only the modalities ``names``."""
-    import dataclasses
-
-    out = []
-    for s in sites:
-        parts = {k: restrict(v, names) for k, v in s.splits.items()}
-        out.append(dataclasses.replace(s, specs=list(parts["train"].specs), **parts))
-    return out
-
-
-# --- training -------------------------------------------------------------------------------------------------
-def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None) -> dict:
-    """Centralized (pooled) training and test evaluation in memory, as ``sim.modes.run_centralized`` does.
-
-    Args:
-        sites: loaded sites (``SiteData``) with the modalities of ``cfg.modalities`` in that order.
-        cfg: the run configuration (fusion, seed, rounds, local-epochs, ...).
-        timer: optional dict that receives ``train_s`` (training wall time).
-
-    Returns:
-        ``{"auroc": sample-weighted mean of per-site test AUROC, "pooled_auroc", "sites": {site: auroc},
-        "prediction_mode", "seconds"}``.
-    """
-    from omnifuse_core.batch import MultimodalDataset
-    from omnifuse_core.models import build_model
-    from omnifuse_core.metrics import headline_metric
-    from omnifuse_core.selection import RoundSelection, load_selected, offer_model
-    from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
-    from server.run_dir import weighted_global
-
-    names = [s.name for s in sites[0].specs]
-    if names != cfg.modality_list:
-        raise ValueError(f"sites hold modalities {names} but the config asks for {cfg.modality_list}; "
-                         "restrict the sites with restrict_sites() first")
-    start = time.perf_counter()
-    device = resolve_device(cfg)
-    set_seed(cfg.seed)
-    model = build_model(sites[0].specs, sites[0].task, cfg)
-    train = MultimodalDataset.concat([s.train for s in sites])
-    selection = RoundSelection(cfg.final_model)
-    for rnd in range(1, cfg.rounds + 1):
-        train_local(model, train, cfg, device=device, seed_offset=rnd)
-        if selection.rule == "best-val":  # the per-site validation metrics run_centralized records each round
-            val = {s.name: evaluate(model, s.val, cfg, device=device) for s in sites if len(s.val)}
-            offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
-    if timer is not None:
-        timer["train_s"] = time.perf_counter() - start
-    model_round = load_selected(selection, model, cfg.rounds)
-    mode = choose_prediction_mode(model, evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg,
-                                                  device=device))
-    test = {s.name: evaluate(model, s.test, cfg, device=device) for s in sites if len(s.test)}
-    pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
-    return {"auroc": weighted_global(test).get("auroc", float("nan")), "pooled_auroc": pooled.get("auroc"),
-            "sites": {k: v.get("auroc") for k, v in test.items()}, "prediction_mode": mode,
-            "model_round": model_round, "seconds": time.perf_counter() - start}
-
-
+# --- runs through the real entry points -----------------------------------------------------------------
 # keys the runners fill in themselves; a reused run must match every other key
 _RUNNER_KEYS = {"min-sites", "data-root", "run-dir"}
 
@@ -299,6 +256,27 @@ def environment() -> dict:
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "load_avg_1m": os.getloadavg()[0], "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "gpu": gpu, "python": platform.python_version(), "code_revision": code_revision()}
+
+
+def write_scores(path: Path, results: list[dict]) -> Path:
+    """Every run's per-patient test scores (and each federation's labels) as ``<path stem>.scores.npz``: arrays
+    ``score|<key>|d<data seed>|s<model seed>|<site>`` and ``label|d<data seed>|<site>``, for re-analysis."""
+    arrays = {}
+    for r in results:
+        for site, score in (r.get("scores") or {}).items():
+            arrays[f"score|{r['key']}|d{r['data_seed']}|s{r['seed']}|{site}"] = np.asarray(score, dtype=np.float32)
+            arrays[f"label|d{r['data_seed']}|{site}"] = np.asarray(r["labels"][site], dtype=np.int8)
+    out = Path(path).with_suffix(".scores.npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    return out
+
+
+def run_records(results: list[dict]) -> list[dict]:
+    """The per-run part of a result JSON: identity, AUROC (global and per site), mode, selection, TLA trace, time."""
+    keep = ("key", "data_seed", "seed", "mode", "auroc", "pooled_auroc", "sites", "prediction_mode", "model_round",
+            "lazy", "seconds", "ids", "flower_auroc", "run_dir", "reused")
+    return [{k: r[k] for k in keep if k in r} for r in results]
 
 
 def write_result(path: Path, payload: dict) -> None:

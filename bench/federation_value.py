@@ -1,19 +1,21 @@
 """B4 federation value: federated vs centralized vs each site alone (local-only), OmniFuse vs concat, beside the
-generator's oracle, mean ± std over seeds with paired tests.
+generator's oracle, with paired differences and 95 % bootstrap intervals over data seeds, model seeds and patients.
 
 Usage:
-  .venv/bin/python bench/federation_value.py --preset laziness --config demo --seeds 5 [--rounds 3 --local-epochs 1]
-      [--runs federated/omnifuse,local/omnifuse] [--threads 1] [--out bench/results/federation_value.json]
+  .venv/bin/python bench/federation_value.py --data-seeds 3 --seeds 3 [--rounds 3 --local-epochs 1] [--jobs 8]
+      [--runs federated/omnifuse,local/omnifuse] [--flower] [--threads 1] [--out bench/results/federation_value.json]
   .venv/bin/python bench/federation_value.py --quick      # smoke preset, 1 seed, 1 epoch
 
-Runs (the same seeds for every run, so differences are paired): centralized {ehr_only, concat, omnifuse} train in
-memory on the pooled sites (``bench.common.train_centralized`` = ``sim.modes.run_centralized``); local/omnifuse
-(every site trains alone, ``sim.modes.run_local``) and federated {omnifuse, concat} (Flower simulation,
-``sim.federated.run_federated``) go through the real entry points. Every run sees the same number of epochs:
-centralized and local-only ``rounds × local-epochs`` epochs, federated ``rounds`` rounds of ``local-epochs``.
-The metric is the test AUROC per site and its sample-weighted mean over sites ("global"); the oracle is the
-generator's Bayes-optimal risk given the modalities each patient actually has (``observed``), per site and
-weighted the same way, so it is an upper bound on the same scale.
+Runs (the same data and model seeds for every run, so differences are paired), all in memory (``bench.training``):
+centralized {ehr_only, concat, omnifuse} on the pooled sites (= ``sim.modes.run_centralized``); local/omnifuse, every
+site trains alone (= ``sim.modes.run_local``); federated {omnifuse, concat}, the in-process round loop with
+modality-aware aggregation (``bench.training.train_federated``; no Flower; it reproduces a Flower simulation's test
+scores to float rounding, tested). ``--flower`` runs the federated rows as Flower simulations instead (one at a
+time; ``--reuse`` keeps finished ones). Every run sees the same number of epochs: centralized and local-only
+``rounds × local-epochs`` epochs, federated ``rounds`` rounds of ``local-epochs``. The metric is the test AUROC per
+site and its sample-weighted mean over sites ("global"); the oracle is the generator's Bayes-optimal risk given the
+modalities each patient actually has (``observed``), per site and weighted the same way (averaged over the data
+seeds), so it is an upper bound on the same scale.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (base_parser, choose, environment, federation, load_all, load_config,  # noqa: E402
-                          resolve_args, restrict_sites, run_mode, train_centralized, write_result)
-from bench.stats import fmt, fnum, markdown_table, mean_std, paired_test, target, targets_lines  # noqa: E402
+from bench.common import add_run_args, base_parser, choose, load_config, resolve_args, seeds_of  # noqa: E402
+from bench.runner import RunSpec, by_key, execute, federation_dir, publish, settings_of  # noqa: E402
+from bench.stats import compare, fdiff, fmt, fnum, fp, markdown_table, mean_std, summary, target  # noqa: E402
 
 log = logging.getLogger("bench.federation_value")
 
@@ -39,6 +43,14 @@ RUNS = {  # name -> (mode, config overrides)
     "federated/concat": ("federated", {"fusion": "concat"}),
 }
 QUICK_RUNS = ["centralized/omnifuse", "local/omnifuse", "federated/omnifuse"]
+PAIRS = [  # (target id, label, arm A, arm B, threshold of the issue's target on A − B or None)
+    ("federated_vs_centralized", "federated − centralized (OmniFuse)", "federated/omnifuse", "centralized/omnifuse",
+     -0.01),
+    ("omnifuse_vs_concat_federated", "federated OmniFuse − federated concat", "federated/omnifuse",
+     "federated/concat", 0.03),
+    ("", "centralized OmniFuse − centralized concat", "centralized/omnifuse", "centralized/concat", None),
+    ("", "centralized OmniFuse − EHR only", "centralized/omnifuse", "centralized/ehr_only", None),
+]
 
 
 def oracle_auroc(oracle: dict, sites: list[str], source: str = "observed") -> dict:
@@ -49,71 +61,62 @@ def oracle_auroc(oracle: dict, sites: list[str], source: str = "observed") -> di
     return {"global": glob, "sites": {s: v["auroc"] for s, v in per.items()}}
 
 
-def _run(name: str, args, data: Path, sites, seed: int) -> dict:
-    mode, overrides = RUNS[name]
-    cfg = load_config(args, seed=seed, **overrides)
-    if mode == "centralized":
-        res = train_centralized(restrict_sites(sites, cfg.modality_list), cfg)
-    else:
-        res = run_mode(mode, cfg, data, args.work / "runs" / "federation_value" / f"{name.replace('/', '-')}-{seed}",
-                       reuse=args.reuse)
-    return {"global": res["auroc"], "sites": res["sites"], "seconds": res["seconds"]}
-
-
-def _targets(summary: dict, per_seed: dict, oracle: dict) -> dict:
-    out = {}
-    fed, cen, loc = (per_seed.get(k) for k in ("federated/omnifuse", "centralized/omnifuse", "local/omnifuse"))
-    if fed and cen:
-        d = paired_test([r["global"] for r in fed], [r["global"] for r in cen])["mean_diff"]
-        out["federated_vs_centralized"] = target("federated − centralized OmniFuse AUROC", d, -0.01)
-    if fed:
-        out["federated_vs_oracle"] = target("federated OmniFuse − oracle (observed) AUROC",
-                                            summary["federated/omnifuse"]["global"]["mean"] - oracle["global"], -0.03)
-    if fed and loc:
-        for site in sorted(summary["federated/omnifuse"]["sites"]):
-            gain = paired_test([r["sites"].get(site) for r in fed], [r["sites"].get(site) for r in loc])["mean_diff"]
-            out[f"federated_vs_local[{site}]"] = target(f"{site}: federated − local-only AUROC", gain, 0.02)
-    if fed and per_seed.get("federated/concat"):
-        d = paired_test([r["global"] for r in fed], [r["global"] for r in per_seed["federated/concat"]])["mean_diff"]
-        out["omnifuse_vs_concat_federated"] = target("federated: OmniFuse − concat AUROC", d, 0.03)
-    return out
-
-
 def main() -> None:
-    ap = base_parser(__doc__.splitlines()[0])
+    ap = add_run_args(base_parser(__doc__.splitlines()[0], seeds=3))
     ap.add_argument("--runs", default="", help=f"comma-separated subset of {list(RUNS)}")
-    args = resolve_args(ap.parse_args(), "federation_value")
+    ap.add_argument("--flower", action="store_true", help="federated rows as Flower simulations (one at a time)")
+    args = resolve_args(ap.parse_args(), "federation_value", preset_in_name=True)
     names = choose(ap, args.runs, list(RUNS), QUICK_RUNS if args.quick else list(RUNS), "run")
     base = load_config(args)
-    data = federation(args.preset, args.sites, args.data_seed, args.work)
-    sites = load_all(data, base) if any(RUNS[n][0] == "centralized" for n in names) else None
-    site_names = [str(s) for s in _site_names(data)]
-    oracle = oracle_auroc(json.loads((data / "oracle.json").read_text()), site_names)
-    seeds = list(range(args.seeds))
-    per_seed: dict[str, list[dict]] = {n: [] for n in names}
-    for seed in seeds:
-        for name in names:
-            per_seed[name].append(_run(name, args, data, sites, seed))
-            log.info("seed %d %s: global AUROC %s (%.1f s)", seed, name, fnum(per_seed[name][-1]["global"]),
-                     per_seed[name][-1]["seconds"])
-    summary = {n: {"global": mean_std(r["global"] for r in runs),
-                   "sites": {s: mean_std(r["sites"].get(s) for r in runs) for s in site_names},
-                   "seconds": mean_std(r["seconds"] for r in runs)} for n, runs in per_seed.items()}
-    targets = _targets(summary, per_seed, oracle)
-    rows = [[n, fmt(summary[n]["global"]), *(fmt(summary[n]["sites"][s]) for s in site_names)] for n in names]
+    data_seeds, seeds = seeds_of(args)
+    folders = [federation_dir(settings_of(args), ds) for ds in data_seeds]
+    site_names = [str(s) for s in _site_names(folders[0])]
+    oracles = [oracle_auroc(json.loads((f / "oracle.json").read_text()), site_names) for f in folders]
+    oracle = {"global": float(np.mean([o["global"] for o in oracles])),
+              "sites": {s: float(np.mean([o["sites"][s] for o in oracles if s in o["sites"]])) for s in site_names},
+              "per_data_seed": oracles}
+
+    def mode(name: str) -> str:
+        m = RUNS[name][0]
+        return "flower" if m == "federated" and args.flower else m
+
+    specs = [RunSpec(n, ds, s, mode(n), RUNS[n][1]) for ds in data_seeds for s in seeds for n in names]
+    runs = by_key(execute(specs, args))
+    kw = {"reps": args.bootstrap, "seed": args.bootstrap_seed}
+    table = {n: {"global": summary(runs[n]), "sites": {s: summary(runs[n], s) for s in site_names},
+                 "seconds": mean_std(r["seconds"] for r in runs[n])} for n in names}
+    comparisons, targets = {}, {}
+    for tid, label, a, b, threshold in PAIRS:
+        if a in runs and b in runs:
+            comparisons[label] = compare(runs[a], runs[b], **kw)
+            if threshold is not None:
+                targets[tid] = target(f"{label} AUROC", comparisons[label]["mean_diff"], threshold)
+    if "federated/omnifuse" in runs:
+        targets["federated_vs_oracle"] = target("federated OmniFuse − oracle (observed) AUROC",
+                                                table["federated/omnifuse"]["global"]["mean"] - oracle["global"], -0.03)
+    if "federated/omnifuse" in runs and "local/omnifuse" in runs:
+        for site in site_names:
+            c = compare(runs["federated/omnifuse"], runs["local/omnifuse"], site=site, **kw)
+            comparisons[f"{site}: federated − local-only (OmniFuse)"] = c
+            targets[f"federated_vs_local[{site}]"] = target(f"{site}: federated − local-only AUROC",
+                                                            c["mean_diff"], 0.02)
+    rows = [[n + (" (Flower)" if mode(n) == "flower" else ""), fmt(table[n]["global"]),
+             *(fmt(table[n]["sites"][s]) for s in site_names)] for n in names]
     rows.append(["oracle (observed modalities)", fnum(oracle["global"]),
                  *(fnum(oracle["sites"].get(s)) for s in site_names)])
     md = markdown_table(["run", "global AUROC", *site_names], rows)
-    write_result(args.out, {
-        "benchmark": "B4 federation value", "preset": args.preset, "config": args.config,
-        "data_seed": args.data_seed, "seeds": seeds, "quick": args.quick, "runs": names,
-        "run_overrides": {n: RUNS[n][1] for n in names}, "per_seed": per_seed, "summary": summary,
+    md += "\n\n" + markdown_table(["comparison", "Δ [95 % CI]", "paired t p"],
+                                  [[k, fdiff(c), fp(c)] for k, c in comparisons.items()])
+    publish(args, {
+        "benchmark": "B4 federation value", "preset": args.preset, "config": args.config, "data_seeds": data_seeds,
+        "seeds": seeds, "runs_compared": names, "run_modes": {n: mode(n) for n in names},
+        "run_overrides": {n: RUNS[n][1] for n in names}, "summary": table, "comparisons": comparisons,
         "oracle": oracle, "metric": "test AUROC per site; global = sample-weighted mean over sites",
-        "targets": targets, "config_resolved": base.to_flat(), "environment": environment(), "markdown": md})
-    print(f"B4 federation value (preset {args.preset}, config {args.config}, {base.rounds} x {base.local_epochs} "
-          f"epochs, {len(seeds)} seed(s))")
-    print(md)
-    print("\n".join(["Targets:"] + targets_lines(targets)))
+        "config_resolved": base.to_flat()},
+        [r for k in runs for r in runs[k]],
+        f"B4 federation value (preset {args.preset}, config {args.config}, {base.rounds} x {base.local_epochs} epochs, "
+        f"{len(data_seeds)} data seed(s) × {len(seeds)} model seed(s)); Δ = paired mean difference [95 % two-level "
+        "bootstrap CI]", md, targets)
 
 
 def _site_names(data: Path) -> list:

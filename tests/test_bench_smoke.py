@@ -1,7 +1,9 @@
 """Every benchmark script runs in a small mode: B1–B4, B6, B7 with ``--quick`` on the ``smoke`` preset (one
 subprocess per script, sharing one generated federation), B5 with ``--mode smoke``, the memory benchmark at 60
-patients and B0 at 1 seed x 1 epoch; each writes a JSON with the expected rows and finite numbers. Plus the shared
-statistics and the B3 masking. No timing assertions."""
+patients and B0 at 1 seed x 1 epoch; each writes a JSON with the expected rows and finite numbers. B2 runs
+centralized and federated (the latter with flwr, opacus and dp_accounting unimportable), and with ``--jobs 2``
+(identical to ``--jobs 1``). Plus the shared statistics, the paired bootstrap, the B3 masking, and the in-process
+federated loop against a Flower simulation. No timing assertions."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,12 +31,24 @@ def work(tmp_path_factory, smoke_federation) -> Path:
     return w
 
 
-def run_script(name: str, work: Path, *extra: str) -> tuple[dict, str]:
-    out = work / f"{name}.json"
+# runs a script with flwr, opacus and dp_accounting unimportable (the GPU benchmark machine has none of them)
+BLOCKED = ("import runpy, sys\n"
+           "class Blocker:\n"
+           "    def find_spec(self, name, path=None, target=None):\n"
+           "        if name.split('.')[0] in ('flwr', 'opacus', 'dp_accounting'):\n"
+           "            raise ImportError(f'{name} is blocked in this test')\n"
+           "sys.meta_path.insert(0, Blocker())\n"
+           "script = sys.argv[1]\n"
+           "sys.argv = sys.argv[1:]\n"
+           "runpy.run_path(script, run_name='__main__')\n")
+
+
+def run_script(name: str, work: Path, *extra: str, out_name: str = "", blocked: bool = False) -> tuple[dict, str]:
+    out = work / f"{out_name or name}.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick", "--threads", "1",
-                           "--work", str(work), "--out", str(out), *extra],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
+    cmd = [sys.executable, *(["-c", BLOCKED] if blocked else []), str(ROOT / "bench" / f"{name}.py"), "--quick",
+           "--threads", "1", "--work", str(work), "--out", str(out), *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stderr[-4000:]}"
     return json.loads(out.read_text()), proc.stdout
 
@@ -42,25 +57,78 @@ def is_num(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def has_ci(c: dict) -> bool:
+    """A comparison with a paired mean difference and a finite bootstrap interval around it."""
+    return is_num(c["mean_diff"]) and is_num(c["lo"]) and is_num(c["hi"]) and c["lo"] <= c["hi"] \
+        and c["bootstrap"]["reps"] == 2000
+
+
 def test_fusion_comparison_quick(work):
-    res, stdout = run_script("fusion_comparison", work)
+    res, stdout = run_script("fusion_comparison", work, "--fusions", "concat,moddrop_matched,omnifuse,omnifuse_hfp")
     assert res["mode"] == "centralized" and res["preset"] == "smoke" and res["seeds"] == [0]
-    assert set(res["table"]) == {"all"} and set(res["table"]["all"]) == {"concat", "omnifuse"}
-    for cell in res["table"]["all"].values():
+    assert res["data_seeds"] == [0] and set(res["table"]) == {"all"}
+    cells = {k: v for k, v in res["table"]["all"].items() if k != "_extra"}
+    assert set(cells) == {"concat", "moddrop_matched", "omnifuse", "omnifuse_hfp"}
+    for cell in cells.values():
         assert is_num(cell["auroc"]["mean"]) and 0.0 <= cell["auroc"]["mean"] <= 1.0
-    assert res["table"]["all"]["omnifuse"]["vs_concat"]["pairs"] == 1
+    assert cells["omnifuse_hfp"]["overrides"] == {"fusion": "omnifuse", "hide_for_prediction": True}
+    assert cells["moddrop_matched"]["overrides"]["moddrop_prob"] == pytest.approx(
+        res["config_resolved"]["hide-prob"] / 2)
+    assert cells["omnifuse"]["vs_concat"]["pairs"] == 1 and has_ci(cells["omnifuse"]["vs_concat"])
+    assert set(res["table"]["all"]["_extra"]) == {"omnifuse_hfp − omnifuse", "omnifuse_hfp − moddrop_matched",
+                                                  "omnifuse − dominant"}
     assert is_num(res["dominant"]["auroc"]["mean"])
     assert res["targets"]["omnifuse_vs_concat[all]"]["met"] in (True, False)
-    assert "| omnifuse |" in stdout and "Targets:" in stdout
+    assert len(res["runs"]) == 5 and Path(res["scores_file"]).is_file()
+    assert "| full OmniFuse |" in stdout and "Targets:" in stdout and "OmniFuse (hide-for-prediction)" in stdout
+
+
+def check_table4(res: dict, place: list[str]) -> None:
+    """The quick Table 4 ablation: rows a, c, f, each compared with (a) and with the previous row, TLA traces."""
+    assert res["style"] == "table4" and res["rows"] == ["a", "c", "f"]
+    t = res["table"]
+    assert t["a"]["overrides"] == {"fusion": "concat"}
+    assert t["c"]["overrides"] == {"fusion": "omnifuse", "use_dwfuse": True, "use_tla": True, "use_forward": False,
+                                   "use_backward": False}
+    assert all(is_num(t[r]["auroc"]["mean"]) for r in ("a", "c", "f"))
+    assert "vs_first" not in t["a"] and has_ci(t["c"]["vs_first"]) and has_ci(t["f"]["vs_prev"])
+    assert (t["f"]["vs_prev"]["a"], t["f"]["vs_prev"]["b"]) == ("f", "c")
+    assert {"row_c_vs_prev", "row_f_vs_prev", "f_vs_a"} <= set(res["targets"])
+    assert "lazy" not in t["a"]
+    for r in ("c", "f"):
+        lazy = t[r]["lazy"]
+        assert sorted(lazy["counts"]) == place and 0.0 <= lazy["dominant_share"] <= 1.0
+        for epochs in lazy["counts"].values():  # 2 epochs: nothing to mine before the first, one mining after it
+            assert epochs["1"] == {"(not mined)": 1} and sum(epochs["2"].values()) == 1
+        assert lazy["epochs_mined"] == len(place)
 
 
 def test_ablation_quick(work):
-    res, stdout = run_script("ablation", work)
-    assert res["rows"] == ["a", "f"]
-    assert res["table"]["f"]["overrides"] == {"use_dwfuse": False, "use_tla": False, "use_forward": False,
-                                              "use_backward": False}
-    assert all(is_num(res["table"][r]["auroc"]["mean"]) for r in ("a", "f"))
-    assert is_num(res["targets"]["row_f"]["value"]) and "full OmniFuse" in stdout
+    res, stdout = run_script("ablation", work, "--rounds", "2")
+    assert res["mode"] == "centralized"
+    check_table4(res, ["pooled"])
+    assert "| f | all four (full OmniFuse) |" in stdout and "TLA trace" in stdout
+
+
+def test_ablation_quick_federated_without_flower(work):
+    """B2 federated (in-process round loop) runs with flwr, opacus and dp_accounting unimportable."""
+    res, stdout = run_script("ablation", work, "--rounds", "2", "--federated", out_name="ablation-fed", blocked=True)
+    assert res["mode"] == "federated"
+    check_table4(res, ["hospital_a", "hospital_b", "hospital_c"])
+    assert "| c | hospital_a |" in stdout
+
+
+def test_ablation_jobs_match_one_process(work):
+    """B2b (imputation-reduction sum vs mean) with --jobs 2 gives exactly the --jobs 1 results."""
+    one, _ = run_script("ablation", work, "--style", "reduction", out_name="reduction-1")
+    two, stdout = run_script("ablation", work, "--style", "reduction", "--jobs", "2", out_name="reduction-2")
+    assert one["rows"] == ["mean", "sum"] and one["table"]["sum"]["overrides"]["imputation_reduction"] == "sum"
+    assert has_ci(one["table"]["sum"]["vs_first"]) and two["jobs"] == 2
+    assert [r["auroc"] for r in one["runs"]] == [r["auroc"] for r in two["runs"]]
+    a, b = np.load(one["scores_file"]), np.load(two["scores_file"])
+    assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert one["table"]["sum"]["vs_first"]["lo"] == two["table"]["sum"]["vs_first"]["lo"]
+    assert "imputation-reduction sum" in stdout
 
 
 def test_missing_sweep_quick(work):
@@ -72,7 +140,8 @@ def test_missing_sweep_quick(work):
     frac = res["missing_fraction"]
     assert frac["0"]["ehr"] == frac["0.9"]["ehr"]  # the dominant modality is never hidden
     assert all(frac["0.9"][m] >= 0.9 > frac["0"][m] for m in ("image", "text"))
-    assert is_num(res["drop"]["imputation"]["mean_diff"]) and "imputation_drop" in res["targets"]
+    assert has_ci(res["drop"]["imputation"]) and "imputation_drop" in res["targets"]
+    assert set(res["imputation_gain"]["imputation − no_imputation"]) == {"0", "0.9"}
 
 
 def test_speed_quick(work):
@@ -162,18 +231,112 @@ def test_missing_masks_are_nested_and_zeroed():
 
 
 def test_federation_value_quick(work):
-    """B4 on smoke: centralized, local-only and federated (a real Flower simulation) OmniFuse, beside the oracle."""
+    """B4 on smoke: centralized, local-only and federated (in-process round loop) OmniFuse, beside the oracle."""
     res, stdout = run_script("federation_value", work)
-    assert res["runs"] == ["centralized/omnifuse", "local/omnifuse", "federated/omnifuse"] and res["seeds"] == [0]
+    assert res["runs_compared"] == ["centralized/omnifuse", "local/omnifuse", "federated/omnifuse"]
+    assert res["seeds"] == [0] and res["run_modes"]["federated/omnifuse"] == "federated"
     sites = sorted(res["oracle"]["sites"])
     assert sites == ["hospital_a", "hospital_b", "hospital_c"] and 0.5 < res["oracle"]["global"] <= 1.0
-    for name in res["runs"]:
+    for name in res["runs_compared"]:
         summary = res["summary"][name]
         assert is_num(summary["global"]["mean"]) and 0.0 <= summary["global"]["mean"] <= 1.0
         assert sorted(summary["sites"]) == sites
     assert {"federated_vs_centralized", "federated_vs_oracle"} <= set(res["targets"])
     assert {f"federated_vs_local[{s}]" for s in sites} <= set(res["targets"])
+    assert has_ci(res["comparisons"]["federated − centralized (OmniFuse)"])
     assert "| oracle (observed modalities) |" in stdout and "Targets:" in stdout
+
+
+def test_federated_loop_matches_flower(smoke_federation, tmp_path):
+    """The benchmarks' in-process federated loop gives the test scores of a real Flower simulation of the same
+    config (2 rounds, TLA mining in round 2), and the scores rebuilt from the Flower run's final checkpoint
+    reproduce that run's own metrics."""
+    import torch
+
+    from bench.common import load_all, run_mode
+    from bench.training import flower_test_outputs, train_federated
+    from omnifuse_core.config import Config
+
+    torch.set_num_threads(1)
+    cfg = Config.load("smoke").replace(fusion="omnifuse", rounds=2, local_epochs=1, seed=0)
+    sites = load_all(smoke_federation, cfg)
+    ours = train_federated(sites, cfg)
+    flower = run_mode("federated", cfg, smoke_federation, tmp_path / "run")
+    rebuilt = flower_test_outputs(Path(flower["run_dir"]), sites, cfg)
+    for s in flower["sites"]:
+        assert rebuilt["metrics"][s]["auroc"] == pytest.approx(flower["sites"][s], abs=1e-9)
+        assert np.allclose(rebuilt["scores"][s], ours["scores"][s], atol=1e-5)
+        assert ours["sites"][s] == pytest.approx(flower["sites"][s], abs=1e-6)
+    assert sorted(ours["lazy"]) == sorted(flower["sites"])
+
+
+def test_auroc_rows_equal_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from bench.bootstrap import auroc_rows
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    s = np.round(rng.random(40), 1)  # many ties
+    idx = rng.integers(0, 40, size=(50, 40))
+    got = auroc_rows(y, s, idx)
+    for row, value in zip(idx, got):
+        if len(set(y[row])) == 2:
+            assert value == pytest.approx(roc_auc_score(y[row], s[row]), abs=1e-12)
+        else:
+            assert np.isnan(value)
+
+
+def _arm(labels, signal: float, seed: int) -> list:
+    """Scores of 3 data seeds x 3 model seeds for two sites: ``signal`` x label plus noise."""
+    rng = np.random.default_rng(seed)
+    return [[{s: signal * y + rng.normal(size=len(y)) for s, y in lab.items()} for _ in range(3)] for lab in labels]
+
+
+def test_paired_bootstrap():
+    from bench.bootstrap import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    labels = [{"a": rng.integers(0, 2, 60), "b": rng.integers(0, 2, 40)} for _ in range(3)]
+    weak, strong = _arm(labels, 0.2, 2), _arm(labels, 2.5, 3)
+    same = paired_bootstrap(weak, weak, labels, reps=500, seed=0)
+    assert (same["diff"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)  # identical arms: the interval is [0, 0]
+    better = paired_bootstrap(strong, weak, labels, reps=500, seed=0)
+    assert better["lo"] > 0 and better["hi"] > better["diff"] > better["lo"] and better["runs"] == 9
+    again = paired_bootstrap(strong, weak, labels, reps=500, seed=0)
+    assert (again["lo"], again["hi"]) == (better["lo"], better["hi"])  # deterministic with a seed
+    other = paired_bootstrap(strong, weak, labels, reps=500, seed=1)
+    assert (other["lo"], other["hi"]) != (better["lo"], better["hi"])
+    worse = paired_bootstrap(weak, strong, labels, reps=500, seed=0)
+    assert worse["hi"] < 0 and worse["diff"] == pytest.approx(-better["diff"])
+    with pytest.raises(ValueError):
+        paired_bootstrap(strong, weak[:2], labels, reps=10)
+
+
+def test_compare_pairs_runs_by_seeds():
+    """``bench.stats.compare``: paired t-test over runs and the bootstrap, pairing runs by (data seed, model seed)."""
+    from bench.stats import compare, excludes_zero, fdiff
+
+    rng = np.random.default_rng(4)
+    labels = [{"s": rng.integers(0, 2, 50)} for _ in range(2)]
+
+    def runs(signal: float, seed: int) -> list:
+        out = []
+        for d, arms in enumerate(_arm(labels, signal, seed)):
+            for m, scores in enumerate(arms):
+                auc = float(np.mean([(scores["s"][labels[d]["s"] == 1][:, None]
+                                      > scores["s"][labels[d]["s"] == 0][None, :]).mean()]))
+                out.append({"data_seed": d, "seed": m, "auroc": auc, "sites": {"s": auc}, "scores": scores,
+                            "labels": labels[d], "ids": {"s": "x"}})
+        return out
+
+    a, b = runs(3.0, 5), runs(0.0, 6)
+    c = compare(a, list(reversed(b)), reps=300)
+    assert c["pairs"] == 6 and c["mean_diff"] == pytest.approx(c["bootstrap"]["diff"])
+    assert excludes_zero(c) is True and fdiff(c).startswith("+") and "[" in fdiff(c)
+    assert compare(a, b, site="s", reps=300)["lo"] == c["lo"]
+    no_scores = compare([{**r, "scores": None} for r in a], b)
+    assert no_scores["lo"] is None and excludes_zero(no_scores) is None and no_scores["pairs"] == 6
 
 
 def test_dp_utility_smoke(tmp_path):

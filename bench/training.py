@@ -1,0 +1,256 @@
+"""In-memory training for the benchmarks: centralized (pooled), federated (an in-process round loop) and local-only,
+on sites loaded once; every function returns the test metrics *and* the per-patient test scores and labels that the
+paired bootstrap (``bench/bootstrap.py``) needs, plus the per-epoch TLA trace.
+
+* :func:`train_centralized` is what ``sim.modes.run_centralized`` does: pool the sites' train splits, ``rounds``
+  chunks of ``local-epochs`` epochs with ``seed_offset = round``, ``final-model`` selection on the per-site validation
+  metrics, the prediction mode chosen on the pooled validation split, per-site test metrics and their
+  sample-weighted mean.
+* :func:`train_federated` is what the Flower federation does (``server/loop.py`` + ``client/site_runtime.py``) for a
+  non-DP run, without Flower: each round every site trains the global weights for ``local-epochs`` epochs
+  (``seed_offset = round``), the updates are aggregated with ``strategy`` (``server.aggregation``, modality-aware by
+  default, weighted by each site's training counts), the global model is evaluated on every site's validation split
+  (the prediction mode for ``prediction: auto`` is chosen on that, as the server does), and the final test uses the
+  model ``final-model`` selects. What it leaves out: reply validation (every update is valid here), node sampling
+  (``fraction-train`` < 1), time-outs, checkpoints, and DP (``dp: true`` is refused).
+* :func:`train_local_only` is ``sim.modes.run_local``: one model per site, trained and tested on that site alone.
+
+Test scores come from ``omnifuse_core.trainer.predict`` (label-free); labels enter only the metric.
+Nothing here imports flwr, opacus or dp_accounting.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+HEAD = "auroc"
+
+
+def restrict(ds, names):
+    """The dataset with only the modalities ``names`` (in that order); what loading with ``modalities`` gives."""
+    from omnifuse_core.batch import MultimodalDataset
+
+    index = [ds.modality_names.index(n) for n in names]
+    specs = [ds.specs[i] for i in index]
+    return MultimodalDataset(specs, {n: ds.inputs[n] for n in names}, ds.present[:, index].clone(), ds.labels,
+                             list(ds.patient_ids))
+
+
+def restrict_sites(sites: list, names) -> list:
+    """Copies of ``sites`` whose splits hold only the modalities ``names``."""
+    import dataclasses
+
+    out = []
+    for s in sites:
+        parts = {k: restrict(v, names) for k, v in s.splits.items()}
+        out.append(dataclasses.replace(s, specs=list(parts["train"].specs), **parts))
+    return out
+
+
+def _check(sites: list, cfg) -> None:
+    names = [s.name for s in sites[0].specs]
+    if names != cfg.modality_list:
+        raise ValueError(f"sites hold modalities {names} but the config asks for {cfg.modality_list}; "
+                         "restrict the sites with restrict_sites() first")
+    if cfg.dp:
+        raise ValueError("the in-memory benchmark trainers do not run DP; use bench/dp_utility.py")
+
+
+def ids_digest(ds) -> str:
+    """A short digest of the split's patient order (checks that paired runs score the same patients)."""
+    return hashlib.sha1("\n".join(map(str, ds.patient_ids)).encode()).hexdigest()[:12]
+
+
+def outputs_on_test(model, sites: list, cfg, device) -> dict:
+    """Per-site test metrics, scores and labels of ``model`` (the prediction mode it holds)."""
+    from omnifuse_core.metrics import compute_metrics
+    from omnifuse_core.trainer import predict
+
+    metrics, scores, labels, digests = {}, {}, {}, {}
+    for s in sites:
+        if not len(s.test):
+            continue
+        out = predict(model, s.test, cfg, device=device)
+        y = s.test.labels.numpy()
+        metrics[s.name] = compute_metrics(cfg.task, y, out["score"])
+        scores[s.name] = np.asarray(out["score"], dtype=np.float64).reshape(len(s.test), -1).squeeze(-1)
+        labels[s.name] = np.asarray(y, dtype=np.float64).reshape(len(s.test), -1).squeeze(-1)
+        digests[s.name] = ids_digest(s.test)
+    return {"metrics": metrics, "scores": scores, "labels": labels, "ids": digests}
+
+
+def run_result(test: dict, start: float, **extra) -> dict:
+    """A run's result from :func:`outputs_on_test`: the global AUROC (sample-weighted over sites, as every run
+    directory's ``final.global``), per-site AUROC, the per-patient arrays, seconds since ``start`` and ``extra``."""
+    from server.run_dir import weighted_global
+
+    return {"auroc": weighted_global(test["metrics"]).get(HEAD, float("nan")),
+            "sites": {k: v.get(HEAD) for k, v in test["metrics"].items()},
+            "scores": test["scores"], "labels": test["labels"], "ids": test["ids"],
+            "seconds": time.perf_counter() - start, **extra}
+
+
+def _lazy(trace: dict) -> list:
+    """The lazy combination of every epoch of one ``train_local`` call (None: no mining before that epoch)."""
+    return list(trace.get("lazy", []))
+
+
+def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None) -> dict:
+    """Centralized (pooled) training and test in memory, as ``sim.modes.run_centralized`` does.
+
+    Returns:
+        ``{"auroc": sample-weighted mean of per-site test AUROC, "pooled_auroc", "sites": {site: auroc},
+        "scores"/"labels": {site: per-patient test array}, "ids", "prediction_mode", "model_round",
+        "lazy": {"pooled": [lazy combination per epoch]}, "seconds"}``.
+    """
+    from omnifuse_core.batch import MultimodalDataset
+    from omnifuse_core.metrics import headline_metric
+    from omnifuse_core.models import build_model
+    from omnifuse_core.selection import RoundSelection, load_selected, offer_model
+    from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
+    from server.run_dir import weighted_global
+
+    _check(sites, cfg)
+    start = time.perf_counter()
+    device = resolve_device(cfg)
+    set_seed(cfg.seed)
+    model = build_model(sites[0].specs, sites[0].task, cfg)
+    train = MultimodalDataset.concat([s.train for s in sites])
+    selection = RoundSelection(cfg.final_model)
+    lazy: list = []
+    for rnd in range(1, cfg.rounds + 1):
+        lazy += _lazy(train_local(model, train, cfg, device=device, seed_offset=rnd, trained=rnd > 1).trace)
+        if selection.rule == "best-val":  # the per-site validation metrics run_centralized records each round
+            val = {s.name: evaluate(model, s.val, cfg, device=device) for s in sites if len(s.val)}
+            offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
+    if timer is not None:
+        timer["train_s"] = time.perf_counter() - start
+    model_round = load_selected(selection, model, cfg.rounds)
+    mode = choose_prediction_mode(model, evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg,
+                                                  device=device))
+    pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
+    return run_result(outputs_on_test(model, sites, cfg, device), start, pooled_auroc=pooled.get(HEAD),
+                      prediction_mode=mode, model_round=model_round, lazy={"pooled": lazy} if any(lazy) else {})
+
+
+def train_federated(sites: list, cfg) -> dict:
+    """Federated training without Flower (see the module docstring); same return value as
+    :func:`train_centralized` (``lazy``: per site, the lazy combination of every local epoch of every round)."""
+    from omnifuse_core.models import build_model
+    from omnifuse_core.selection import RoundSelection
+    from omnifuse_core.trainer import evaluate, resolve_device, set_seed, train_local
+    from omnifuse_core.weights import get_trainable, param_groups, set_trainable
+    from server.aggregation import SiteUpdate, build_aggregator
+    from server.run_dir import weighted_global
+
+    _check(sites, cfg)
+    start = time.perf_counter()
+    device = resolve_device(cfg)
+    set_seed(cfg.seed)  # server.setup.initial_model: the seeded global model
+    model = build_model(sites[0].specs, sites[0].task, cfg)
+    weights, groups = dict(get_trainable(model)), dict(param_groups(model))
+    default_mode = getattr(model, "prediction_mode", None)
+    aggregator = build_aggregator(cfg)
+    selection = RoundSelection(cfg.final_model)
+    mode = "" if cfg.prediction == "auto" else cfg.prediction
+    lazy: dict[str, list] = {}
+
+    def set_mode(m: str) -> None:  # client.site_runtime.run_evaluate: the server's mode, else the model's default
+        if hasattr(model, "prediction_mode"):
+            model.prediction_mode = m or default_mode
+
+    for rnd in range(1, cfg.rounds + 1):
+        updates = []
+        for s in sites:  # the same trainable weights as a freshly built site model (no buffers, no frozen params)
+            set_trainable(model, weights)
+            res = train_local(model, s.train, cfg, device=device, seed_offset=rnd, trained=rnd > 1)
+            updates.append(SiteUpdate(s.name, dict(get_trainable(model)), dict(res.counts)))
+            lazy.setdefault(s.name, []).extend(_lazy(res.trace))
+        if len(updates) >= cfg.min_train_replies:
+            weights = aggregator.aggregate(weights, updates, groups)
+        set_trainable(model, weights)
+        set_mode(mode)
+        val = {s.name: evaluate(model, s.val, cfg, device=device) for s in sites if len(s.val)}
+        glob = weighted_global(val) if val else {}
+        if cfg.prediction == "auto":
+            mode = _choose_mode(glob) or mode
+        selection.offer(rnd, glob.get(HEAD), (weights, mode))
+    final_round, (weights, mode) = ((selection.round, selection.payload) if selection.payload is not None
+                                    else (cfg.rounds, (weights, mode)))
+    set_trainable(model, weights)
+    set_mode(mode)
+    return run_result(outputs_on_test(model, sites, cfg, device), start, prediction_mode=mode or None,
+                      model_round=final_round, lazy={k: v for k, v in lazy.items() if any(v)})
+
+
+def _choose_mode(glob: dict) -> str:
+    """``server.loop._choose_mode``: the mode with the best federated validation AUROC."""
+    import math
+
+    scored = {m: glob.get(f"{HEAD}_{m}") for m in ("joint", "heads", "both")}
+    valid = {m: s for m, s in scored.items() if isinstance(s, float) and math.isfinite(s)}
+    return max(valid, key=valid.get) if valid else ""
+
+
+def train_local_only(sites: list, cfg) -> dict:
+    """Every site trains and tests its own model (``sim.modes.run_local``); same return value as
+    :func:`train_centralized` (``prediction_mode`` and ``model_round`` per site)."""
+    from omnifuse_core.metrics import headline_metric
+    from omnifuse_core.models import build_model
+    from omnifuse_core.selection import RoundSelection, load_selected, offer_model
+    from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
+
+    _check(sites, cfg)
+    start = time.perf_counter()
+    device = resolve_device(cfg)
+    set_seed(cfg.seed)  # run_local seeds once, then builds every site's model in turn
+    models = {s.name: build_model(s.specs, s.task, cfg) for s in sites}
+    selections = {s.name: RoundSelection(cfg.final_model) for s in sites}
+    lazy: dict[str, list] = {}
+    for rnd in range(1, cfg.rounds + 1):
+        for s in sites:
+            res = train_local(models[s.name], s.train, cfg, device=device, seed_offset=rnd, trained=rnd > 1)
+            lazy.setdefault(s.name, []).extend(_lazy(res.trace))
+            if len(s.val):
+                value = evaluate(models[s.name], s.val, cfg, device=device).get(headline_metric(cfg.task))
+                offer_model(selections[s.name], rnd, value, models[s.name])
+    parts = {"metrics": {}, "scores": {}, "labels": {}, "ids": {}}
+    modes, rounds = {}, {}
+    for s in sites:
+        m = models[s.name]
+        rounds[s.name] = load_selected(selections[s.name], m, cfg.rounds)
+        modes[s.name] = choose_prediction_mode(m, evaluate(m, s.val, cfg, device=device))
+        one = outputs_on_test(m, [s], cfg, device)
+        for k in parts:
+            parts[k].update(one[k])
+    return run_result(parts, start, prediction_mode=modes, model_round=rounds,
+                      lazy={k: v for k, v in lazy.items() if any(v)})
+
+
+def flower_test_outputs(run_dir: Path, sites: list, cfg) -> dict:
+    """Per-patient test scores of a finished Flower run: the model its final test used (``checkpoints/final.json``,
+    or the last round), rebuilt in this process; its metrics reproduce the run's own ``final`` entry."""
+    from omnifuse_core.models import build_model
+    from omnifuse_core.trainer import resolve_device
+    from omnifuse_core.weights import set_trainable
+    from server.checkpoint import load_latest, load_round
+
+    ckpts = Path(run_dir) / "checkpoints"
+    final = ckpts / "final.json"
+    ckpt = load_round(ckpts, int(json.loads(final.read_text())["round"])) if final.is_file() else load_latest(ckpts)
+    if ckpt is None:
+        raise ValueError(f"{run_dir}: no checkpoint to rebuild the final model from")
+    model = build_model(sites[0].specs, sites[0].task, cfg)
+    set_trainable(model, ckpt.weights)
+    mode = ckpt.state.get("prediction_mode")
+    if mode and hasattr(model, "prediction_mode"):
+        model.prediction_mode = mode
+    return outputs_on_test(model, sites, cfg, resolve_device(cfg))
+
+
+TRAINERS = {"centralized": train_centralized, "federated": train_federated, "local": train_local_only}
