@@ -3,7 +3,7 @@ oracle for the same subset (``oracle.json``), centralized concat on one syntheti
 
 Usage:
   .venv/bin/python bench/learnability.py --preset reliability --subsets ehr image text genomics image,genomics \
-      [--rounds 3] [--local-epochs 1] [--data-seed 0] [--seed 0] [--work bench/work]
+      [--rounds 3] [--local-epochs 1] [--data-seed 0] [--seed 0] [--work bench/work] [--all-patients]
 
 Each subset trains the ``demo`` config with ``fusion: concat`` and ``modalities`` = the subset on the sites
 restricted to those modalities (``bench.training.restrict_sites``) *and to the patients who have all of them* (the
@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("bench/work"))
+    ap.add_argument("--all-patients", action="store_true",
+                    help="train and test on every patient (those without the subset get the missing input)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -73,7 +75,9 @@ def main() -> None:
     rows = []
     for subset in args.subsets:
         names = subset.split(",")
-        result = train_centralized(having_all(restrict_sites(sites, names)), cfg.replace(modalities=subset))
+        restricted = restrict_sites(sites, names)
+        result = train_centralized(restricted if args.all_patients else having_all(restricted),
+                                   cfg.replace(modalities=subset))
         rows.append({"subset": "+".join(names), "learned_auroc": result["auroc"],
                      "oracle_auroc": oracle_value(data, names)})
         log.warning("%s: learned %.3f", subset, result["auroc"])

@@ -320,3 +320,18 @@ def test_reuse_keeps_only_a_finished_run_of_the_same_config(tmp_path):
     assert finished_run(cfg, tmp_path / "other", out) is None  # other data
     (out / "config.yaml").write_text("not: [valid")
     assert finished_run(cfg, data, out) is None  # unreadable: re-run, never crash
+
+
+def test_learnability_small(work):
+    out = work / "learnability.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "learnability.py"), "--preset", "smoke", "--config", "smoke",
+           "--subsets", "ehr", "ehr,image", "--rounds", "1", "--work", str(work), "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["subset"] for r in rows] == ["ehr", "ehr+image"]
+    assert all(is_num(r["learned_auroc"]) and 0 <= r["learned_auroc"] <= 1 for r in rows)
+    # read from the federation's oracle.json; smoke's oracle scores single modalities only, so the pair has none
+    assert is_num(rows[0]["oracle_auroc"]) and rows[1]["oracle_auroc"] is None
+    assert "| ehr+image |" in proc.stdout and "| — |" in proc.stdout

@@ -54,7 +54,8 @@ def _pld_epsilon(report: dict) -> float:
         part = pld_lib.from_gaussian_mechanism(sigma, sampling_prob=q,
                                                value_discretization_interval=1e-4).self_compose(steps)
         pld = part if pld is None else pld.compose(part)
-    pure = sum(e["count"] * e["sensitivity"] / e["scale"] for e in report["other_events"])
+    # Δ/b per selection for monotone scores, 2Δ/b otherwise (TLA's mean scores; docs/privacy.md)
+    pure = sum(e["count"] * (1 if e["monotone"] else 2) * e["sensitivity"] / e["scale"] for e in report["other_events"])
     return pld.get_epsilon_for_delta(report["delta"]) + pure
 
 
@@ -145,7 +146,9 @@ def test_smoke_dp_federated_simulation_writes_a_privacy_report_per_site(smoke_fe
     assert all(r["rejected"] == {} for r in metrics["rounds"])
     for site in SITES:
         report = json.loads((out / "privacy" / f"{site}.json").read_text())
-        assert report["site"] == site and len(report["history"]) == 2 and len(report["other_events"]) == 2
+        # 1 local epoch: round 1 mines nothing (untrained model), round 2 makes one TLA selection
+        assert report["site"] == site and len(report["history"]) == 2 and len(report["other_events"]) == 1
+        assert report["other_events"][0]["round"] == 2
         assert 0 < report["per_round"][0]["epsilon"] < report["epsilon"] <= 8.0 * 1.001  # within target-epsilon
         assert report["epsilon"] == pytest.approx(_pld_epsilon(report), rel=0.01)
         assert metrics["privacy"][site]["epsilon"] == pytest.approx(report["epsilon"])
