@@ -33,15 +33,19 @@ class _UtilSampler:
         self.samples: list[int] = []
         self._stop = threading.Event()
         self._thread = None
+        self.period = period
+        self._nvml = None
         try:
             import pynvml
+        except ImportError:
+            log.info("GPU utilisation not sampled: the nvidia-ml-py package (pynvml) is not installed")
+            return
+        try:
             pynvml.nvmlInit()
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
             self._nvml = pynvml
-        except Exception as exc:  # noqa: BLE001 - NVML is optional; say why it is off
-            log.info("GPU utilisation not sampled (%s)", exc)
-            self._nvml = None
-        self.period = period
+        except pynvml.NVMLError as exc:
+            log.info("GPU utilisation not sampled: NVML has no GPU to read (%s)", exc)
 
     def __enter__(self):
         if self._nvml is not None:
@@ -59,16 +63,12 @@ class _UtilSampler:
             self._thread.join()
 
 
-def _fedavg(states: list[dict], weights: list[int]) -> dict:
-    total = float(sum(weights))
-    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights)).to(states[0][k].dtype)
-            for k in states[0]}
-
-
 def main() -> None:
     import torch
 
     from bench.common import federation
+    from bench.scale import fedavg
+    from omnifuse_core.weights import get_trainable, set_trainable
     from omnifuse_core.config import Config
     from omnifuse_core.models import build_model
     from omnifuse_core.trainer import evaluate, resolve_device, train_local
@@ -96,15 +96,15 @@ def main() -> None:
     sites = load_sites(data, cfg)
     t_load = time.perf_counter() - t0
     model = build_model(sites[0].specs, sites[0].task, cfg).to(device)
-    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    global_w = dict(get_trainable(model))
     rounds = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for rnd in range(1, args.rounds + 1):
-        per_site, states, weights = {}, [], []
+        per_site, replies = {}, []
         with _UtilSampler() as util:
             for s in sites:
-                model.load_state_dict(global_state)
+                set_trainable(model, global_w)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
@@ -112,10 +112,9 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 per_site[s.name] = {"seconds": time.perf_counter() - start, "n_train": len(s.train)}
-                states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-                weights.append(len(s.train))
-        global_state = _fedavg(states, weights)
-        model.load_state_dict(global_state)
+                replies.append((dict(get_trainable(model)), len(s.train)))
+        global_w = fedavg(replies)
+        set_trainable(model, global_w)
         val = {s.name: evaluate(model, s.val, cfg, device=device).get("auroc") for s in sites}
         rounds.append({"round": rnd, "sites": per_site, "val_auroc": val,
                        "gpu_util_mean": (sum(util.samples) / len(util.samples)) if util.samples else None,

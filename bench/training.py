@@ -143,6 +143,7 @@ def train_federated(sites: list, cfg) -> dict:
     :func:`train_centralized` (``lazy``: per site, the lazy combination of every local epoch of every round)."""
     from omnifuse_core.models import build_model
     from omnifuse_core.selection import RoundSelection
+    from omnifuse_core.metrics import best_prediction_mode
     from omnifuse_core.trainer import evaluate, resolve_device, set_seed, train_local
     from omnifuse_core.weights import get_trainable, param_groups, set_trainable
     from server.aggregation import SiteUpdate, build_aggregator
@@ -178,7 +179,7 @@ def train_federated(sites: list, cfg) -> dict:
         val = {s.name: evaluate(model, s.val, cfg, device=device) for s in sites if len(s.val)}
         glob = weighted_global(val) if val else {}
         if cfg.prediction == "auto":
-            mode = _choose_mode(glob) or mode
+            mode = best_prediction_mode(glob, HEAD) or mode
         selection.offer(rnd, glob.get(HEAD), (weights, mode))
     final_round, (weights, mode) = ((selection.round, selection.payload) if selection.payload is not None
                                     else (cfg.rounds, (weights, mode)))
@@ -186,15 +187,6 @@ def train_federated(sites: list, cfg) -> dict:
     set_mode(mode)
     return run_result(outputs_on_test(model, sites, cfg, device), start, prediction_mode=mode or None,
                       model_round=final_round, lazy={k: v for k, v in lazy.items() if any(v)})
-
-
-def _choose_mode(glob: dict) -> str:
-    """``server.loop._choose_mode``: the mode with the best federated validation AUROC."""
-    import math
-
-    scored = {m: glob.get(f"{HEAD}_{m}") for m in ("joint", "heads", "both")}
-    valid = {m: s for m, s in scored.items() if isinstance(s, float) and math.isfinite(s)}
-    return max(valid, key=valid.get) if valid else ""
 
 
 def train_local_only(sites: list, cfg) -> dict:

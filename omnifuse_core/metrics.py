@@ -84,3 +84,14 @@ def compute_metrics(task: str, labels: np.ndarray, scores: np.ndarray) -> dict[s
     else:
         raise ValueError(f"unknown task {task!r}")
     return out
+
+
+def best_prediction_mode(metrics: dict, head: str) -> str:
+    """The prediction mode (joint / heads / both) with the best finite ``<head>_<mode>`` in ``metrics``; "" if none.
+
+    Shared by every runner that picks the mode on validation (``prediction: auto``): centralized and local runs
+    (``trainer.choose_prediction_mode``), the federated server loop and the benchmarks' in-process federation.
+    """
+    scored = {m: metrics.get(f"{head}_{m}") for m in ("joint", "heads", "both")}
+    valid = {m: float(v) for m, v in scored.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return max(valid, key=valid.get) if valid else ""

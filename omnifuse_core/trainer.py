@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from .batch import MultimodalDataset, batch_to, to_batch
 from .config import Config
-from .metrics import compute_metrics, headline_metric
+from .metrics import best_prediction_mode, compute_metrics, headline_metric
 from .models.base import FusionModel
 
 log = logging.getLogger(__name__)
@@ -201,9 +201,7 @@ def choose_prediction_mode(model: FusionModel, val_metrics: dict[str, float]) ->
     """For ``prediction: auto``: the mode with the best validation headline metric (recorded in metrics.json)."""
     if not hasattr(model, "prediction_mode") or model.cfg.prediction != "auto":
         return None
-    head = headline_metric(model.task_spec.kind)
-    scored = {m: val_metrics.get(f"{head}_{m}", float("nan")) for m in ("joint", "heads", "both")}
-    valid = {m: s for m, s in scored.items() if not math.isnan(s)}
-    if valid:
-        model.prediction_mode = max(valid, key=valid.get)
+    best = best_prediction_mode(val_metrics, headline_metric(model.task_spec.kind))
+    if best:
+        model.prediction_mode = best
     return model.prediction_mode

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 
 from flwr.app import ConfigRecord
@@ -13,7 +12,7 @@ from flwr.serverapp import Grid
 
 from omnifuse_core import protocol as P
 from omnifuse_core.config import Config
-from omnifuse_core.metrics import headline_metric
+from omnifuse_core.metrics import best_prediction_mode, headline_metric
 from omnifuse_core.selection import RoundSelection
 
 from .checkpoint import Checkpoint, load_latest, load_round, point_final, save_checkpoint
@@ -87,7 +86,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             arrays = new_arrays
         glob = _evaluate(grid, strategy, rnd, arrays, base, "val", mode)
         if cfg.prediction == "auto":
-            mode = _choose_mode(glob, head) or mode
+            mode = best_prediction_mode(glob, head) or mode
         if selection.offer(rnd, glob.get(head), (arrays, mode)) and selection.rule == "best-val":
             log.info("round %d: best validation %s so far (%s)", rnd, head, glob.get(head))
         for site, metrics in strategy.train_sites.items():
@@ -157,8 +156,3 @@ def _evaluate(grid, strategy: OmniFuseStrategy, rnd: int, arrays, base: dict, sp
     return weighted_global(strategy.eval_sites) if strategy.eval_sites else {}
 
 
-def _choose_mode(glob: dict, head: str) -> str:
-    """``prediction: auto``: the mode (joint/heads/both) with the best federated validation headline metric."""
-    scored = {m: glob.get(f"{head}_{m}") for m in ("joint", "heads", "both")}
-    valid = {m: s for m, s in scored.items() if isinstance(s, float) and math.isfinite(s)}
-    return max(valid, key=valid.get) if valid else ""

@@ -164,7 +164,6 @@ class OmniFuse(FusionModel):
         joint_logits = self.joint_head(joint)  # [B, P, K]
         zero = v_true.new_zeros(b)
         parts: dict[str, torch.Tensor] = {}
-        sum_slots = cfg.imputation_reduction == "sum"
         if self.impute:
             # Eq. 3: the complement pattern. Ground truth exists for every present slot (v^miss where available,
             # the true embedding where hidden); truly missing slots contribute nothing.
@@ -172,8 +171,9 @@ class OmniFuse(FusionModel):
             parts["forward"] = masked_slot_mse(v_fwd[:, 0], target, present, reduction=cfg.imputation_reduction)
         if self.backward_cra is not None:
             v_bwd, _ = self.backward_cra(v_fwd[:, 0].flatten(1))  # all K decoders feed v''
-            err = (v_bwd - v_in[:, 0].detach().flatten(1)) ** 2
-            parts["backward"] = err.sum(dim=1) if sum_slots else err.mean(dim=1)
+            every_slot = torch.ones_like(present)  # ‖v − v''‖² over all of v, with the same reduction
+            parts["backward"] = masked_slot_mse(v_bwd.view_as(v_in[:, 0]), v_in[:, 0].detach(), every_slot,
+                                                reduction=cfg.imputation_reduction)
         head_logits = self.heads(completed[:, pred_view])
         ce = torch.stack([self.task.elementwise_loss(head_logits[:, m], y) for m in range(self.num_modalities)], 1)
         if cfg.use_dwfuse:

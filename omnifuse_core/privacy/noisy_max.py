@@ -23,11 +23,22 @@ import time
 import numpy as np
 import torch
 
+from ..tla import mean_distances
+
 log = logging.getLogger(__name__)
 
 NOISES = ("laplace", "gumbel")
 #: TLA's mining scores (F-scaled shrunk means) are not monotone under add/remove-one: each selection costs 2/b.
 MINING_MONOTONE = False
+
+
+def _clipped(distances, eligible) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([N, K] float64 distances clipped to [0, 1], NaN/inf mapped to the bounds; [N, K] bool)``, shapes checked."""
+    d = torch.as_tensor(distances).detach().cpu().double()
+    e = torch.as_tensor(eligible).detach().cpu().bool()
+    if d.ndim != 2 or d.shape != e.shape:
+        raise ValueError(f"distances {tuple(d.shape)} and eligible {tuple(e.shape)} must both be [N, K]")
+    return torch.nan_to_num(d, nan=1.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0), e
 
 
 def combination_scores(distances: torch.Tensor | np.ndarray, eligible: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -40,11 +51,7 @@ def combination_scores(distances: torch.Tensor | np.ndarray, eligible: torch.Ten
     Returns:
         ``[K]`` float64 scores with sensitivity 1 and monotone under add/remove-one.
     """
-    d = torch.as_tensor(distances).detach().cpu().double()
-    e = torch.as_tensor(eligible).detach().cpu().bool()
-    if d.ndim != 2 or d.shape != e.shape:
-        raise ValueError(f"distances {tuple(d.shape)} and eligible {tuple(e.shape)} must both be [N, K]")
-    d = torch.nan_to_num(d, nan=1.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+    d, e = _clipped(distances, eligible)
     return (d * e).sum(dim=0).numpy()
 
 
@@ -60,9 +67,10 @@ def mean_combination_scores(distances: torch.Tensor | np.ndarray, eligible: torc
     """
     if int(min_samples) != min_samples or min_samples < 1:
         raise ValueError(f"min_samples (tla-min-samples) must be a whole number >= 1, got {min_samples!r}")
-    sums = combination_scores(distances, eligible)
-    n = torch.as_tensor(eligible).detach().cpu().bool().sum(dim=0).double().numpy()
-    return min_samples * sums / np.maximum(n, min_samples)
+    d, e = _clipped(distances, eligible)
+    # the score's one implementation; candidate k is "modality" k of an eligibility matrix: the samples that contain it are e[:, k]
+    scores, _ = mean_distances(lambda c: d[:, c[0]], e, [(k,) for k in range(e.shape[1])], int(min_samples))
+    return (min_samples * scores).numpy()
 
 
 def _noise(k: int, scale: float, noise: str, generator: np.random.Generator | torch.Generator | None) -> np.ndarray:
