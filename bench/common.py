@@ -275,7 +275,7 @@ def write_scores(path: Path, results: list[dict]) -> Path:
 def run_records(results: list[dict]) -> list[dict]:
     """The per-run part of a result JSON: identity, AUROC (global and per site), mode, selection, TLA trace, time."""
     keep = ("key", "data_seed", "seed", "mode", "auroc", "pooled_auroc", "sites", "prediction_mode", "model_round",
-            "lazy", "seconds", "ids", "flower_auroc", "run_dir", "reused")
+            "lazy", "seconds", "ids", "flower_auroc", "run_dir", "reused", "privacy", "mia")
     return [{k: r[k] for k in keep if k in r} for r in results]
 
 

@@ -1,141 +1,123 @@
-"""Privacy/utility on one site of the `laziness` preset: test AUROC for epsilon in {1, 3, 8, inf} (DP-SGD with
-sigma calibrated once for the whole schedule, TLA report-noisy-max counted), and the loss-threshold
-membership-inference AUC (members = training patients, non-members = the same site's held-out patients) for
-the DP models and the non-DP model. The MIA AUC is a lower-bound check of leakage, not a guarantee.
+"""B5 — DP utility: test AUROC against epsilon, federated and centralized, with the membership-inference AUC.
+
+Every run trains the DP profile (``configs/demo-dp.yaml``) through ``bench.training`` with the same site privacy
+layer a Flower site uses (sigma calibrated once for the planned schedule, the pre-flight check, TLA noisy-max
+counted, a ledger per population): federated = one accountant per site, centralized = one for the pooled training
+set. epsilon = inf is the same config without DP (same DP-compatible layers). Each DP row is compared with the
+non-DP row of its mode, paired over (data seed, model seed) with the two-level bootstrap of ``bench/bootstrap.py``;
+federated is compared with centralized at every epsilon. The membership-inference AUC is the loss-threshold attack
+(members = training patients, non-members = the same sites' validation and test patients): a lower-bound check of
+leakage, not a guarantee.
 
 Usage:
-    .venv/bin/python bench/dp_utility.py --mode smoke  # smoke preset, 1 epoch, eps 8 and inf (the smoke test)
-    .venv/bin/python bench/dp_utility.py --quick     # 4 epochs, 1 seed: measured 17 min on 2 busy CPU cores
-    .venv/bin/python bench/dp_utility.py             # full: 15 epochs x 3 seeds (hours on CPU; use a GPU)
-
-Most of the time is DP-SGD's per-sample gradients (about 4x a non-DP step, mostly the CRA imputers' linear layers;
-BENCHMARKS.md B6). The non-DP model uses the same DP-compatible architecture so the comparison is like for like.
+  .venv/bin/python bench/dp_utility.py --preset demo --data-seeds 3 --seeds 3 --jobs 2 --threads 1
+  .venv/bin/python bench/dp_utility.py --preset demo-x5 --data-seeds 1 --seeds 3 --jobs 2 --threads 1
+  .venv/bin/python bench/dp_utility.py --quick        # smoke preset, smoke-dp config, epsilon 8 and inf (seconds)
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import math
-import tempfile
-import time
+import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from omnifuse_core.config import Config
-from omnifuse_core.data.site import load_site
-from omnifuse_core.models import build_model
-from omnifuse_core.privacy import calibrate_noise_multiplier, epsilon_from_history, make_noisy_select
-from omnifuse_core.privacy.dpsgd import planned_steps_per_epoch
-from omnifuse_core.privacy.membership import loss_threshold_auc
-from omnifuse_core.privacy.noisy_max import noisy_max_epsilon
-from omnifuse_core.tla import selections_in_call
-from omnifuse_core.trainer import DPSettings, evaluate, predict, train_local
+from bench.common import add_run_args, base_parser, load_config, resolve_args, seeds_of  # noqa: E402
+from bench.runner import RunSpec, by_key, execute, publish  # noqa: E402
+from bench.stats import compare, fdiff, fmt, fnum, fp, markdown_table, summary, target  # noqa: E402
 
-log = logging.getLogger("bench.dp_utility")
 EPSILONS = (1.0, 3.0, 8.0, math.inf)
-MODES = {
-    "smoke": dict(epochs=1, seeds=1, preset="smoke", epsilons=(8.0, math.inf),
-                  model=dict(embed_dim=8, encoder_hidden=8, head_hidden=8, cra_blocks=1, cra_hidden="16,8",
-                             image_size=32)),
-    "quick": dict(epochs=4, seeds=1, model=dict(embed_dim=16, encoder_hidden=16, head_hidden=16, cra_blocks=2,
-                                                 cra_hidden="32,16,8", image_size=32)),
-    "full": dict(epochs=15, seeds=3, model=dict(embed_dim=32, encoder_hidden=32, head_hidden=32, cra_blocks=5,
-                                                cra_hidden="128,64,32", image_size=32)),
-}
+QUICK_EPSILONS = (8.0, math.inf)
 
 
-def per_sample_loss(model, ds, cfg: Config) -> np.ndarray:
-    """-log p(true label) of the model's prediction for every patient of ``ds`` (binary task)."""
-    prob = np.clip(predict(model, ds, cfg)["score"].astype(np.float64), 1e-7, 1 - 1e-7)
-    y = ds.labels.numpy().astype(np.float64).reshape(-1)
-    return -(y * np.log(prob) + (1 - y) * np.log(1 - prob))
+def eps_name(eps: float) -> str:
+    return "inf" if math.isinf(eps) else f"{eps:g}"
 
 
-def run_one(site, base: Config, epsilon: float, seed: int) -> dict:
-    """Train on the site's training split at ``epsilon`` (inf = no DP); test AUROC, MIA AUC, spent epsilon."""
-    dp_on = math.isfinite(epsilon)
-    cfg = base.replace(seed=seed, dp=dp_on, dp_compatible=True,
-                       target_epsilon=epsilon if dp_on else base.target_epsilon)
-    torch.manual_seed(seed)
-    model = build_model(site.specs, site.task, cfg)
-    dp, spent = None, math.inf
-    if dp_on:
-        q, per_epoch = planned_steps_per_epoch(len(site.train), cfg.batch_size)
-        steps = cfg.local_epochs * per_epoch
-        pure = selections_in_call(cfg.local_epochs, False) * noisy_max_epsilon(cfg.tla_noise_scale, monotone=False) \
-            if model.use_tla else 0.0
-        sigma = calibrate_noise_multiplier(epsilon - pure, cfg.delta, q, steps)
-        select = make_noisy_select(cfg.tla_noise_scale, torch.Generator().manual_seed(seed)) if model.use_tla else None
-        dp = DPSettings(sigma, cfg.max_grad_norm, select)
-    t0 = time.monotonic()
-    result = train_local(model, site.train, cfg, dp=dp)
-    if dp_on:
-        events = result.trace.get("dp_event", [])
-        spent = epsilon_from_history([(dp.noise_multiplier, result.sample_rate, result.steps)], cfg.delta, "prv",
-                                     pure_events=[(e["epsilon0"], e["count"]) for e in events])
-    mia = loss_threshold_auc(per_sample_loss(model, site.train, cfg),  # non-members: the site's held-out patients
-                             np.concatenate([per_sample_loss(model, site.val, cfg),
-                                             per_sample_loss(model, site.test, cfg)]))
-    auroc = evaluate(model, site.test, cfg)["auroc"]
-    out = {"epsilon_target": epsilon if dp_on else None, "epsilon_spent": spent if dp_on else None, "seed": seed,
-           "noise_multiplier": dp.noise_multiplier if dp_on else 0.0, "steps": result.steps, "test_auroc": auroc,
-           "mia_auc": mia["auc"], "mia_tpr_at_1pct_fpr": mia["tpr_at_1pct_fpr"],
-           "seconds": round(time.monotonic() - t0, 1)}
-    log.info("eps=%s: AUROC %.3f, MIA AUC %.3f (sigma %.3f, %d steps, %.0f s)", epsilon, auroc, mia["auc"],
-             out["noise_multiplier"], result.steps, out["seconds"])
-    return out
+def row_overrides(eps: float) -> dict:
+    if math.isinf(eps):
+        return {"dp": False, "dp_compatible": True}
+    return {"dp": True, "target_epsilon": eps}
+
+
+def _mean(runs: list, path: tuple) -> float:
+    vals = []
+    for r in runs:
+        v = r
+        for k in path:
+            v = (v or {}).get(k) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            vals.append(float(v))
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _privacy(runs: list) -> dict:
+    """Mean over runs of the largest per-population spent epsilon, sigma and noise ratio."""
+    def worst(r, key):
+        vals = [v.get(key) for v in (r.get("privacy") or {}).values() if v.get(key) is not None]
+        return max(vals) if vals else None
+    return {k: _mean([{k: worst(r, k)} for r in runs], (k,)) for k in ("epsilon", "noise_multiplier", "noise_ratio")}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=sorted(MODES), default="full", help="smoke (seconds), quick or full")
-    ap.add_argument("--quick", action="store_true", help="same as --mode quick")
-    ap.add_argument("--data", type=Path, default=None, help="an existing federation (default: generate the preset)")
-    ap.add_argument("--site", type=int, default=0, help="index of the site in federation.yaml")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/dp_utility.json"))
+    ap = add_run_args(base_parser(__doc__.splitlines()[0], seeds=3))
+    ap.add_argument("--modes", default="federated,centralized", help="federated and/or centralized")
+    ap.add_argument("--epsilons", default="", help="comma-separated epsilons, inf = no DP (default 1,3,8,inf)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("opacus", "httpx", "omnifuse_core.privacy"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    mode = "quick" if args.quick else args.mode
-    spec = MODES[mode]
-    preset, epsilons = spec.get("preset", "laziness"), spec.get("epsilons", EPSILONS)
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="dp-utility-") as tmp:
-        data = args.data
-        if data is None:
-            from sim.generator import generate_federation
-
-            data = generate_federation(preset, args.site + 1, Path(tmp) / "fed", seed=0)
-        import yaml
-
-        entry = yaml.safe_load((data / "federation.yaml").read_text())["sites"][args.site]
-        folder = data / str(entry.get("path") or entry.get("name") if isinstance(entry, dict) else entry)
-        base = Config.load("demo").replace(**spec["model"], local_epochs=spec["epochs"], batch_size=32, lr=2e-3,
-                                           delta=1e-5, tla_noise_scale=20.0)
-        site = load_site(folder, base.replace(dp_compatible=True))
-        log.info("site %s: %d train / %d val / %d test patients", site.name, len(site.train), len(site.val),
-                 len(site.test))
-        runs = [run_one(site, base, eps, seed) for seed in range(spec["seeds"]) for eps in epsilons]
-    table = {}
-    for eps in epsilons:
-        rows = [r for r in runs if (r["epsilon_target"] or math.inf) == eps]
-        table["inf" if math.isinf(eps) else f"{eps:g}"] = {
-            k: float(np.mean([r[k] for r in rows])) for k in ("test_auroc", "mia_auc")}
-    result = {"mode": mode, "preset": preset, "site": site.name, "n_train": len(site.train),
-              "delta": base.delta, "epochs": spec["epochs"], "seeds": spec["seeds"], "model": spec["model"],
-              "table": table, "runs": runs, "seconds": round(time.monotonic() - t0, 1),
-              "note": "MIA AUC: loss-threshold attack, members = training patients vs the same site's held-out "
-                      "patients; a lower-bound check of leakage, not a guarantee (0.5 = chance)"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"{'epsilon':>8}  {'test AUROC':>10}  {'MIA AUC':>8}")
-    for eps, row in table.items():
-        print(f"{eps:>8}  {row['test_auroc']:10.3f}  {row['mia_auc']:8.3f}")
-    print(f"written to {args.out} ({result['seconds']:.0f} s)")
+    if args.config is None:
+        args.config = "smoke-dp" if args.quick else "demo-dp"
+    if args.preset is None:
+        args.preset = "smoke" if args.quick else "demo"
+    args = resolve_args(args, "dp_utility", preset_in_name=True)
+    args.mia = True
+    modes = [m for m in args.modes.split(",") if m]
+    epsilons = [float(e) for e in args.epsilons.split(",") if e] or list(QUICK_EPSILONS if args.quick else EPSILONS)
+    if math.inf not in epsilons:
+        epsilons.append(math.inf)
+    base = load_config(args)
+    data_seeds, seeds = seeds_of(args)
+    keys = {(m, e): f"{m}/eps{eps_name(e)}" for m in modes for e in epsilons}
+    specs = [RunSpec(keys[m, e], ds, s, m, row_overrides(e)) for ds in data_seeds for s in seeds
+             for m in modes for e in epsilons]
+    runs = by_key(execute(specs, args))
+    table, targets, lines = {}, {}, []
+    for (m, e), key in keys.items():
+        cell = {"mode": m, "epsilon_target": None if math.isinf(e) else e, "auroc": summary(runs[key]),
+                "mia_auc": _mean(runs[key], ("mia", "auc")), "mia_tpr_at_1pct_fpr": _mean(runs[key], ("mia", "tpr_at_1pct_fpr")),
+                **({"spent": _privacy(runs[key])} if math.isfinite(e) else {})}
+        if math.isfinite(e):
+            cell["vs_nodp"] = compare(runs[key], runs[keys[m, math.inf]], reps=args.bootstrap, seed=args.bootstrap_seed)
+            targets[f"mia_{m}_{eps_name(e)}"] = target(f"{m} ε={eps_name(e)} membership-inference AUC",
+                                                        cell["mia_auc"], 0.55, "<=")
+        if m == "federated" and "centralized" in modes:
+            cell["vs_centralized"] = compare(runs[key], runs[keys["centralized", e]], reps=args.bootstrap,
+                                             seed=args.bootstrap_seed)
+        table[key] = cell
+        spent = cell.get("spent", {})
+        lines.append([m, eps_name(e), fnum(spent.get("epsilon"), 2) if spent else "–",
+                      fnum(spent.get("noise_multiplier"), 2) if spent else "–",
+                      fnum(spent.get("noise_ratio"), 2) if spent else "–", fmt(cell["auroc"]),
+                      fdiff(cell.get("vs_nodp")), fp(cell.get("vs_nodp")), fdiff(cell.get("vs_centralized")),
+                      fnum(cell["mia_auc"])])
+    if "federated" in modes:
+        limits = {8.0: -0.03 if args.preset == "demo-x5" else -0.05, 3.0: -0.10}
+        for e, lim in limits.items():
+            if e in epsilons:
+                targets[f"federated_eps{eps_name(e)}_vs_nodp"] = target(
+                    f"federated ε={eps_name(e)} − no DP AUROC", table[keys["federated", e]]["vs_nodp"]["mean_diff"], lim)
+        if 8.0 in epsilons and args.preset == "demo":
+            targets["federated_eps8_auroc"] = target("federated ε=8 AUROC on the demo federation",
+                                                     table[keys["federated", 8.0]]["auroc"]["mean"], 0.70)
+    md = markdown_table(["mode", "ε", "ε spent (max site)", "σ (max site)", "noise ratio σ√P/B (max site)",
+                         "test AUROC", "Δ vs no DP", "p", "Δ fed − central", "MIA AUC"], lines)
+    publish(args, {
+        "benchmark": "B5 DP utility", "preset": args.preset, "config": args.config, "modes": modes,
+        "epsilons": [eps_name(e) for e in epsilons], "data_seeds": data_seeds, "seeds": seeds,
+        "metric": "test AUROC, sample-weighted mean over sites; MIA = loss-threshold attack AUC",
+        "table": table, "config_resolved": base.to_flat()},
+        [x for k in keys.values() for x in runs[k]],
+        f"B5 DP utility (preset {args.preset}, config {args.config}, {len(data_seeds)} data seed(s) × {len(seeds)} "
+        "model seed(s)); Δ = paired mean difference [95 % two-level bootstrap CI], p = paired t-test", md, targets)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ _SITES: dict = {}  # (federation folder) -> loaded sites, per process
 
 # the argparse fields a worker needs to rebuild the run's configuration and find its data
 SETTINGS = ("preset", "sites", "work", "config", "overrides", "quick", "rounds", "local_epochs", "device", "threads",
-            "reuse")
+            "reuse", "mia")
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def run_one(spec: RunSpec, settings: dict) -> dict:
                             flower_auroc=res["auroc"], reused=res["reused"], lazy={})
         result["seconds"] = res["seconds"]
     else:
-        result = TRAINERS[spec.mode](sites, cfg)
+        result = TRAINERS[spec.mode](sites, cfg, **({"mia": True} if settings.get("mia") else {}))
     result.update({"key": spec.key, "data_seed": spec.data_seed, "seed": spec.seed, "mode": spec.mode})
     log.info("%s data seed %d model seed %d (%s): AUROC %.4f (%.1f s)", spec.key, spec.data_seed, spec.seed,
              spec.mode, result["auroc"], result["seconds"])

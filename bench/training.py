@@ -12,11 +12,16 @@ paired bootstrap (``bench/bootstrap.py``) needs, plus the per-epoch TLA trace.
   default, weighted by each site's training counts), the global model is evaluated on every site's validation split
   (the prediction mode for ``prediction: auto`` is chosen on that, as the server does), and the final test uses the
   model ``final-model`` selects. What it leaves out: reply validation (every update is valid here), node sampling
-  (``fraction-train`` < 1), time-outs, checkpoints, and DP (``dp: true`` is refused).
+  (``fraction-train`` < 1), time-outs and checkpoints.
 * :func:`train_local_only` is ``sim.modes.run_local``: one model per site, trained and tested on that site alone.
 
+With ``dp: true`` every trainer runs DP-SGD through the site privacy layer (``sim.dp_reference.ReferenceDP``, the
+same calibration, pre-flight check, ledger and accounting as a Flower site; state in a temporary folder): one
+accountant per site (federated, local) or for the pooled training set (centralized). The result's ``privacy``
+holds each population's spent epsilon, sigma and noise ratio.
+
 Test scores come from ``omnifuse_core.trainer.predict`` (label-free); labels enter only the metric.
-Nothing here imports flwr, opacus or dp_accounting.
+Nothing here imports flwr.
 """
 from __future__ import annotations
 
@@ -57,8 +62,6 @@ def _check(sites: list, cfg) -> None:
     if names != cfg.modality_list:
         raise ValueError(f"sites hold modalities {names} but the config asks for {cfg.modality_list}; "
                          "restrict the sites with restrict_sites() first")
-    if cfg.dp:
-        raise ValueError("the in-memory benchmark trainers do not run DP; use bench/dp_utility.py")
 
 
 def ids_digest(ds) -> str:
@@ -95,12 +98,46 @@ def run_result(test: dict, start: float, **extra) -> dict:
             "seconds": time.perf_counter() - start, **extra}
 
 
+def _dp(cfg):
+    """A :class:`sim.dp_reference.ReferenceDP` with its state in a fresh temporary folder."""
+    import tempfile
+
+    from sim.dp_reference import ReferenceDP
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-dp-"))
+    return ReferenceDP(cfg.replace(run_dir=str(run_dir)), run_dir)
+
+
+def _privacy(dp) -> dict:
+    return {k: {f: v.get(f) for f in ("epsilon", "noise_multiplier", "noise_ratio", "trainable_params", "steps")}
+            for k, v in dp.metrics.items()}
+
+
+def membership(model, sites: list, cfg, device) -> dict:
+    """Loss-threshold membership inference on the final model: members = every site's training patients,
+    non-members = their validation and test patients (binary task). A lower-bound check of leakage."""
+    from omnifuse_core.privacy.membership import loss_threshold_auc
+    from omnifuse_core.trainer import predict
+
+    def losses(ds) -> np.ndarray:
+        if not len(ds):
+            return np.zeros(0)
+        p = np.clip(np.asarray(predict(model, ds, cfg, device=device)["score"], dtype=np.float64).reshape(-1),
+                    1e-7, 1 - 1e-7)
+        y = ds.labels.numpy().astype(np.float64).reshape(-1)
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+    members = np.concatenate([losses(s.train) for s in sites])
+    others = np.concatenate([losses(s.val) for s in sites] + [losses(s.test) for s in sites])
+    return loss_threshold_auc(members, others)
+
+
 def _lazy(trace: dict) -> list:
     """The lazy combination of every epoch of one ``train_local`` call (None: no mining before that epoch)."""
     return list(trace.get("lazy", []))
 
 
-def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None) -> dict:
+def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None, mia: bool = False) -> dict:
     """Centralized (pooled) training and test in memory, as ``sim.modes.run_centralized`` does.
 
     Returns:
@@ -123,8 +160,13 @@ def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None) -> dict
     train = MultimodalDataset.concat([s.train for s in sites])
     selection = RoundSelection(cfg.final_model)
     lazy: list = []
+    dp = _dp(cfg)
+    from sim.dp_reference import pooled_fingerprint
+
+    pooled_fp = pooled_fingerprint([s.fingerprint for s in sites])
     for rnd in range(1, cfg.rounds + 1):
-        lazy += _lazy(train_local(model, train, cfg, device=device, seed_offset=rnd, trained=rnd > 1).trace)
+        lazy += _lazy(dp.train("pooled", pooled_fp, train, model, rnd, lambda c, d, r=rnd: train_local(
+            model, train, c, device=device, seed_offset=r, trained=r > 1, dp=d)).trace)
         if selection.rule == "best-val":  # the per-site validation metrics run_centralized records each round
             val = {s.name: evaluate(model, s.val, cfg, device=device) for s in sites if len(s.val)}
             offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
@@ -135,10 +177,11 @@ def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None) -> dict
                                                   device=device))
     pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
     return run_result(outputs_on_test(model, sites, cfg, device), start, pooled_auroc=pooled.get(HEAD),
-                      prediction_mode=mode, model_round=model_round, lazy={"pooled": lazy} if any(lazy) else {})
+                      prediction_mode=mode, model_round=model_round, lazy={"pooled": lazy} if any(lazy) else {},
+                      privacy=_privacy(dp), mia=membership(model, sites, cfg, device) if mia else None)
 
 
-def train_federated(sites: list, cfg) -> dict:
+def train_federated(sites: list, cfg, *, mia: bool = False) -> dict:
     """Federated training without Flower (see the module docstring); same return value as
     :func:`train_centralized` (``lazy``: per site, the lazy combination of every local epoch of every round)."""
     from omnifuse_core.models import build_model
@@ -160,6 +203,7 @@ def train_federated(sites: list, cfg) -> dict:
     selection = RoundSelection(cfg.final_model)
     mode = "" if cfg.prediction == "auto" else cfg.prediction
     lazy: dict[str, list] = {}
+    dp = _dp(cfg)
 
     def set_mode(m: str) -> None:  # client.site_runtime.run_evaluate: the server's mode, else the model's default
         if hasattr(model, "prediction_mode"):
@@ -169,7 +213,8 @@ def train_federated(sites: list, cfg) -> dict:
         updates = []
         for s in sites:  # the same trainable weights as a freshly built site model (no buffers, no frozen params)
             set_trainable(model, weights)
-            res = train_local(model, s.train, cfg, device=device, seed_offset=rnd, trained=rnd > 1)
+            res = dp.train(s.name, s.fingerprint, s.train, model, rnd, lambda c, d, r=rnd, ds=s.train: train_local(
+                model, ds, c, device=device, seed_offset=r, trained=r > 1, dp=d))
             updates.append(SiteUpdate(s.name, dict(get_trainable(model)), dict(res.counts)))
             lazy.setdefault(s.name, []).extend(_lazy(res.trace))
         if len(updates) >= cfg.min_train_replies:
@@ -186,10 +231,11 @@ def train_federated(sites: list, cfg) -> dict:
     set_trainable(model, weights)
     set_mode(mode)
     return run_result(outputs_on_test(model, sites, cfg, device), start, prediction_mode=mode or None,
-                      model_round=final_round, lazy={k: v for k, v in lazy.items() if any(v)})
+                      model_round=final_round, lazy={k: v for k, v in lazy.items() if any(v)}, privacy=_privacy(dp),
+                      mia=membership(model, sites, cfg, device) if mia else None)
 
 
-def train_local_only(sites: list, cfg) -> dict:
+def train_local_only(sites: list, cfg, *, mia: bool = False) -> dict:
     """Every site trains and tests its own model (``sim.modes.run_local``); same return value as
     :func:`train_centralized` (``prediction_mode`` and ``model_round`` per site)."""
     from omnifuse_core.metrics import headline_metric
@@ -197,6 +243,8 @@ def train_local_only(sites: list, cfg) -> dict:
     from omnifuse_core.selection import RoundSelection, load_selected, offer_model
     from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
 
+    if mia:
+        raise ValueError("membership inference is measured on one model; local-only runs train one per site")
     _check(sites, cfg)
     start = time.perf_counter()
     device = resolve_device(cfg)
@@ -204,9 +252,12 @@ def train_local_only(sites: list, cfg) -> dict:
     models = {s.name: build_model(s.specs, s.task, cfg) for s in sites}
     selections = {s.name: RoundSelection(cfg.final_model) for s in sites}
     lazy: dict[str, list] = {}
+    dp = _dp(cfg)
     for rnd in range(1, cfg.rounds + 1):
         for s in sites:
-            res = train_local(models[s.name], s.train, cfg, device=device, seed_offset=rnd, trained=rnd > 1)
+            m = models[s.name]
+            res = dp.train(s.name, s.fingerprint, s.train, m, rnd, lambda c, d, r=rnd, m=m, ds=s.train: train_local(
+                m, ds, c, device=device, seed_offset=r, trained=r > 1, dp=d))
             lazy.setdefault(s.name, []).extend(_lazy(res.trace))
             if len(s.val):
                 value = evaluate(models[s.name], s.val, cfg, device=device).get(headline_metric(cfg.task))
@@ -221,7 +272,7 @@ def train_local_only(sites: list, cfg) -> dict:
         for k in parts:
             parts[k].update(one[k])
     return run_result(parts, start, prediction_mode=modes, model_round=rounds,
-                      lazy={k: v for k, v in lazy.items() if any(v)})
+                      lazy={k: v for k, v in lazy.items() if any(v)}, privacy=_privacy(dp))
 
 
 def flower_test_outputs(run_dir: Path, sites: list, cfg) -> dict:

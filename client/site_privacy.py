@@ -32,6 +32,7 @@ from omnifuse_core.privacy import (LedgerCorrupt, PrivacyLedger, SiteBudget, cal
                                    make_noisy_select, noisy_max_event)
 from omnifuse_core.privacy.dpsgd import planned_steps_per_epoch
 from omnifuse_core.privacy.noisy_max import MINING_MONOTONE, noisy_max_epsilon
+from omnifuse_core.privacy.preflight import NoiseCheck, check_noise
 from omnifuse_core.tla import selections_in_call
 from omnifuse_core.privacy.report import build_provenance, site_report
 
@@ -76,7 +77,7 @@ def site_cap(max_epsilon: Optional[float], cfg: Config) -> float:
     return cap
 
 
-def plan_schedule(n_train: int, cfg: Config, *, uses_tla: bool) -> Schedule:
+def plan_schedule(n_train: int, cfg: Config, *, uses_tla: bool, site: str = "") -> Schedule:
     """Planned DP-SGD steps exactly as the trainer takes them (``local-epochs x int(1/q)`` per round).
 
     Args:
@@ -84,9 +85,21 @@ def plan_schedule(n_train: int, cfg: Config, *, uses_tla: bool) -> Schedule:
         cfg: run configuration (batch-size, local-epochs, rounds / planned-rounds).
         uses_tla: whether the model makes report-noisy-max selections (one per local epoch whose incoming model
             is trained: :func:`omnifuse_core.tla.selections_in_call`).
+        site: the site name (for messages).
+
+    Raises:
+        PrivacyRefused: no training records, ``batch-size`` > N, or ``delta`` >= 1/N (each names the fix).
     """
+    who = f"site '{site}'" if site else "the site"
     if n_train < 1:
-        raise PrivacyRefused("the site has no training records; nothing to train with DP")
+        raise PrivacyRefused(f"{who} has no training records; nothing to train with DP")
+    if cfg.batch_size > n_train:
+        raise PrivacyRefused(f"{who}: batch-size {cfg.batch_size} exceeds its {n_train} training patients; Poisson "
+                             f"sampling needs q = batch-size / N <= 1: set batch-size <= {n_train}")
+    if cfg.delta >= 1.0 / n_train:
+        raise PrivacyRefused(f"{who}: delta = {cfg.delta:g} is not below 1/N = 1/{n_train} = {1.0 / n_train:.3g}; "
+                             "a delta that large allows releasing a patient's record outright: set delta well "
+                             f"below {1.0 / n_train:.1g} (e.g. 1e-5)")
     q, per_epoch = planned_steps_per_epoch(n_train, cfg.batch_size)
     rounds = cfg.planned_rounds if cfg.planned_rounds > 0 else cfg.rounds
     per_round = cfg.local_epochs * per_epoch
@@ -184,7 +197,7 @@ def run_id_of(cfg: Config, fallback: str) -> str:
 
 
 def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float], server_round: int, run_id: str,
-             uses_tla: bool, train: Callable[[Config, Any], Any]) -> tuple[Any, dict[str, float], dict]:
+             uses_tla: bool, train: Callable[[Config, Any], Any], n_params: int = 0) -> tuple[Any, dict[str, float], dict]:
     """One DP round at the site: guard, train, record (before returning), report.
 
     Args:
@@ -196,12 +209,14 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
         run_id: run identifier (recorded; the report's headline covers this run's events).
         uses_tla: whether the model makes a noisy-max selection per local epoch.
         train: ``train(cfg, dp_settings) -> TrainResult``; cfg carries the site's secret seed.
+        n_params: trainable parameters of the model (for the pre-flight noise check; 0 = skip the check).
 
     Returns:
         ``(train_result, privacy_metrics, report)``.
 
     Raises:
-        PrivacyRefused: corrupt ledger or calibration, or the round would exceed the cap (nothing trained).
+        PrivacyRefused: corrupt ledger or calibration, the round would exceed the cap, or the pre-flight check
+            finds the noise hopeless (``dp-preflight: error``); nothing trained.
     """
     from omnifuse_core.privacy.budget import BudgetExceeded
     from omnifuse_core.trainer import DPSettings
@@ -213,8 +228,9 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
         ledger = PrivacyLedger(state_dir, fp)
     except (LedgerCorrupt, OSError, ValueError) as exc:
         raise PrivacyRefused(f"site '{name}' refuses to train: {exc}") from exc
-    schedule = plan_schedule(len(site.train), cfg, uses_tla=uses_tla)
+    schedule = plan_schedule(len(site.train), cfg, uses_tla=uses_tla, site=name)
     sigma, calibration = noise_multiplier_for(state_dir, fp, cfg, schedule, site=name)
+    check = preflight(name, cfg, schedule, len(site.train), sigma, n_params, first=server_round <= 1)
     budget = SiteBudget(ledger, cfg.delta, cap, cfg.accountant, site=name)
     n_select = schedule.noisy_max_in_round(server_round) if uses_tla else 0
     planned = [noisy_max_event(cfg.tla_noise_scale, count=n_select, monotone=MINING_MONOTONE)] if n_select else []
@@ -229,19 +245,42 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
     spent = budget.record_round(sigma, result.sample_rate or schedule.sample_rate, result.steps,
                                 max_grad_norm=cfg.max_grad_norm, round=server_round, run_id=run_id,
                                 extra_events=events)
-    report = build_report(ledger, name, cfg, cap, run_id, calibration)
+    report = build_report(ledger, name, cfg, cap, run_id, calibration, check)
     metrics = {"epsilon": float(report["epsilon"]), "delta": float(cfg.delta), "epsilon_lifetime": float(spent),
                "max_epsilon": cap, "noise_multiplier": sigma, "sample_rate": float(result.sample_rate),
                "steps": int(result.steps), "max_grad_norm": float(cfg.max_grad_norm)}
+    if check is not None:
+        metrics.update({"noise_ratio": check.ratio, "trainable_params": float(check.n_params)})
     log.info("site %s round %d: spent epsilon %.3f this run, %.3f lifetime (cap %g)", name, server_round,
              report["epsilon"], spent, cap)
     return result, metrics, report
 
 
+def preflight(site: str, cfg: Config, schedule: Schedule, n_train: int, sigma: float, n_params: int, *,
+              first: bool) -> Optional[NoiseCheck]:
+    """The pre-flight noise check (:mod:`omnifuse_core.privacy.preflight`) with config ``dp-preflight``.
+
+    ``error``: a hopeless ratio refuses the round (nothing trained, nothing spent); ``warn``: it is logged (in the
+    first round) and training goes on; ``off``: no check. A ``poor`` ratio is logged in the first round.
+    """
+    if not n_params or cfg.dp_preflight == "off":
+        return None
+    check = check_noise(site, n_train=n_train, sample_rate=schedule.sample_rate, noise_multiplier=sigma,
+                        n_params=n_params, steps=schedule.total_steps, limit=cfg.dp_max_noise_ratio)
+    text = check.message(cfg.dp_max_noise_ratio)
+    if check.verdict == "hopeless" and cfg.dp_preflight == "error":
+        raise PrivacyRefused(f"{text} Set dp-preflight: warn to train anyway.")
+    if first:
+        (log.warning if check.verdict != "ok" else log.info)("pre-flight (%s): %s", check.verdict, text)
+    return check
+
+
 def build_report(ledger: PrivacyLedger, site: str, cfg: Config, cap: float, run_id: str,
-                 calibration: Optional[dict] = None) -> dict:
+                 calibration: Optional[dict] = None, check: Optional[NoiseCheck] = None) -> dict:
     """The site's privacy report for this run (from its ledger; holds no patient data)."""
     prov = build_provenance(run_id=run_id, site=site, fingerprint=ledger.fingerprint, config_hash=cfg.digest())
     mech = {"calibration": calibration} if calibration else None
+    if check is not None:
+        mech = {**(mech or {}), "preflight": check.to_dict()}
     return site_report(ledger, site=site, delta=cfg.delta, max_epsilon=cap, provenance=prov, mechanism=mech,
                        accountant=cfg.accountant, run_id=run_id)

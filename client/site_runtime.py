@@ -21,7 +21,7 @@ import yaml
 from omnifuse_core import protocol as P
 from omnifuse_core.batch import ModalitySpec, TaskSpec
 from omnifuse_core.config import Config
-from omnifuse_core.weights import get_trainable, set_trainable
+from omnifuse_core.weights import get_trainable, set_trainable, trainable_count
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def run_train(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_js
         result, privacy, report = site_privacy.dp_round(
             site, cfg, state_dir=node.state_dir, max_epsilon=node.max_epsilon, server_round=server_round,
             run_id=site_privacy.run_id_of(cfg, run_id or "run-unknown"),
-            uses_tla=bool(getattr(model, "use_tla", False)), train=train)
+            uses_tla=bool(getattr(model, "use_tla", False)), train=train, n_params=trainable_count(model))
     else:
         result = train(cfg, None)
     metrics: dict[str, float] = {}

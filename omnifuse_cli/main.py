@@ -46,7 +46,7 @@ def _config(config: str, overrides: tuple[str, ...]) -> Config:
 
 @cli.command()
 @click.option("--preset", default="demo", show_default=True,
-              help="smoke | demo | laziness | extreme-missing | reliability (docs/synthetic-data.md)")
+              help="smoke | demo | demo-x5 | laziness | extreme-missing | reliability (docs/synthetic-data.md)")
 @click.option("--sites", type=int, default=None, help="Number of hospitals (default: the preset's).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder for the federation.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -108,19 +108,21 @@ def _run_mode(mode: str, cfg: Config, data: Path, out: Path) -> Path:
 
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--config", default="demo", show_default=True)
+@click.option("--config", default=None, help="Config name or YAML file [default: demo, or demo-dp with --dp].")
+@click.option("--dp", is_flag=True, help="Train with DP-SGD at every site on the DP profile (configs/demo-dp.yaml).")
 @click.option("--sites", type=int, default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mode", type=click.Choice(["federated", "centralized"]), default="federated", show_default=True)
-def demo(out: Path, config: str, sites: int, seed: int, mode: str) -> None:
+def demo(out: Path, config: str | None, dp: bool, sites: int, seed: int, mode: str) -> None:
     """Synthetic hospitals + federated training + reports, with defaults.
 
     \b
     Example:
       omnifuse demo --out runs/demo
+      omnifuse demo --dp --out runs/demo-dp    # DP-SGD at every site (epsilon 8, delta 1e-5)
     """
     from sim.generator import generate_federation
-    cfg = _config(config, ())
+    cfg = _config(config or ("demo-dp" if dp else "demo"), ("dp=true",) if dp else ())
     data = out / "data"
     if not (data / "federation.yaml").is_file():
         generate_federation("demo", sites, data, seed=seed)

@@ -49,11 +49,11 @@ class Config:
     fusion: str = "omnifuse"  # omnifuse | dwfuse | concat | sum | late | se_gate | moddrop | healnet
     embed_dim: int = 128
     encoder_hidden: int = 64
-    ehr_encoder: str = "gru"  # gru | lstm | tcn | mlp (static tabular)
-    image_encoder: str = "small_cnn"  # small_cnn | resnet18 | resnet34
+    ehr_encoder: str = "gru"  # gru | lstm | tcn | summary (sequence); tabular EHR: mlp, or linear if set here
+    image_encoder: str = "small_cnn"  # small_cnn | pooled (8x8 average pool + linear) | resnet18 | resnet34
     image_checkpoint: str = ""  # optional weights-only checkpoint for the image backbone
-    genomics_encoder: str = "snn"
-    text_encoder: str = "projection"  # projection head over the frozen text model's cached embeddings
+    genomics_encoder: str = "snn"  # snn | mlp | linear
+    text_encoder: str = "projection"  # projection (MLP head) | linear, over the frozen text model's cached embeddings
     dp_compatible: bool = False  # build DP-compatible layers (DPGRU/DPLSTM, GroupNorm) even without DP
     head_hidden: int = 64
 
@@ -110,6 +110,9 @@ class Config:
     noise_multiplier: float = 0.0  # 0 = calibrate once for the planned schedule
     planned_rounds: int = 0  # 0 = use `rounds`
     accountant: str = "prv"  # headline accountant: prv | rdp
+    dp_grad_sample_mode: str = "hooks"  # Opacus per-sample gradients: hooks | functorch (same values; B6b times both)
+    dp_preflight: str = "error"  # error | warn | off: what a hopeless pre-flight noise-to-signal ratio does
+    dp_max_noise_ratio: float = 1.0  # pre-flight limit on sigma*sqrt(P)/B (docs/privacy.md; measured in B5)
     tla_noise_scale: float = 20.0  # Laplace scale b of TLA report-noisy-max (costs 2/b per selection, docs/privacy.md)
     central_dp: bool = False
     central_noise_multiplier: float = 1.0
@@ -130,6 +133,8 @@ class Config:
             "on_invalid": ("fail", "skip"),
             "prediction": ("joint", "heads", "both", "auto"),
             "accountant": ("prv", "rdp"),
+            "dp_preflight": ("error", "warn", "off"),
+            "dp_grad_sample_mode": ("hooks", "functorch"),
             "final_model": ("last", "best-val"),
             "imputation_reduction": ("sum", "mean"),
         }

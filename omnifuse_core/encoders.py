@@ -145,6 +145,66 @@ class SmallCNN(nn.Module):
         return self.proj(self.features(x))
 
 
+@ENCODERS.register("linear")
+class LinearEncoder(nn.Module):
+    """One linear map of the flattened input to ``embed_dim``: the lowest-capacity encoder for any modality.
+
+    For DP-SGD (few trainable parameters keep the noise σ·C·√P / B small, docs/privacy.md) and for small cohorts
+    (a linear Cox-like model of tabular or genomics features).
+    """
+
+    def __init__(self, *, spec: ModalitySpec, cfg: Config, **_: object) -> None:
+        super().__init__()
+        n_in = 1
+        for s in spec.shape:
+            n_in *= s
+        self.proj = nn.Linear(n_in, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(1))
+
+
+@ENCODERS.register("summary")
+class SequenceSummaryEncoder(nn.Module):
+    """Per-feature mean, standard deviation and last value over time, then one linear map to ``embed_dim``.
+
+    A compact, parameter-free summary of an EHR time series (3·F inputs); the DP profile's EHR encoder. A missing
+    stay (all zeros) summarises to zeros, so e(0) is the linear map's bias, as for every encoder here.
+    """
+
+    def __init__(self, *, spec: ModalitySpec, cfg: Config, **_: object) -> None:
+        super().__init__()
+        if spec.kind != KIND_SEQUENCE:
+            raise ValueError(f"modality '{spec.name}': encoder 'summary' needs a sequence input, got kind {spec.kind}")
+        _, n_features = spec.shape
+        self.proj = nn.Linear(3 * n_features, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, F]
+        std = x.var(dim=1, unbiased=False).add(1e-6).sqrt() - 1e-3  # e(0) = 0 summary up to 1e-6
+        return self.proj(torch.cat([x.mean(dim=1), std, x[:, -1]], dim=1))
+
+
+@ENCODERS.register("pooled")
+class PooledImageEncoder(nn.Module):
+    """Average-pool the image to an ``8 x 8`` grid per channel, then one linear map to ``embed_dim``.
+
+    No convolution weights: ``C·64·embed_dim`` parameters. The DP profile's image encoder (a regional intensity
+    read-out; the small CNN's ≈ 25 k parameters cost more noise than they add signal under DP-SGD, BENCHMARKS B5).
+    """
+
+    GRID = 8
+
+    def __init__(self, *, spec: ModalitySpec, cfg: Config, **_: object) -> None:
+        super().__init__()
+        if spec.kind != KIND_IMAGE:
+            raise ValueError(f"modality '{spec.name}': encoder 'pooled' needs an image input, got kind {spec.kind}")
+        self.pool = nn.AdaptiveAvgPool2d(self.GRID)
+        self.proj = nn.Linear(spec.shape[0] * self.GRID * self.GRID, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pool(x).flatten(1))
+
+
 class ResNetEncoder(nn.Module):
     """torchvision ResNet18/34 (``weights=None``) with GroupNorm; optional weights-only user checkpoint."""
 
@@ -185,8 +245,8 @@ _NAME_BY_KIND = {KIND_SEQUENCE: "ehr_encoder", KIND_IMAGE: "image_encoder", KIND
 
 
 def encoder_name(spec: ModalitySpec, cfg: Config) -> str:
-    if spec.kind == KIND_TABULAR:
-        return "mlp"
+    if spec.kind == KIND_TABULAR:  # a static table: the MLP, or the linear map when ehr-encoder asks for it
+        return "linear" if cfg.ehr_encoder == "linear" else "mlp"
     return getattr(cfg, _NAME_BY_KIND[spec.kind])
 
 

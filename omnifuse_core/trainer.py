@@ -107,15 +107,15 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
         return TrainResult({}, counts)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adam(params, cfg, device)
-    sample_rate = 0.0
+    sample_rate, dp_model = 0.0, None
     if dp is not None:
         if prox_center is not None and cfg.proximal_mu > 0:
             raise ValueError("FedProx's proximal term is not a per-sample loss and cannot run under DP-SGD; "
                              "set proximal-mu: 0 or dp: false")
         from .privacy.dpsgd import dp_step, make_private
-        _, optimizer, loader = make_private(model, optimizer, train_ds, batch_size=cfg.batch_size,
+        dp_model, optimizer, loader = make_private(model, optimizer, train_ds, batch_size=cfg.batch_size,
                                             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                                            seed=seed)
+                                            seed=seed, grad_sample_mode=cfg.dp_grad_sample_mode)
         sample_rate = float(loader.sample_rate)
         # a parameter this batch did not reach (or an empty Poisson batch) has a zero per-sample gradient;
         # dp_step fills it in and still adds the noise, so every step counts
@@ -125,32 +125,36 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
     sums: dict[str, float] = defaultdict(float)
     n_batches, steps = 0, 0
     trace: dict[str, list] = defaultdict(list)
-    for epoch in range(epochs):
-        mining = iterate_batches(train_ds, max(256, cfg.batch_size), device)
-        extra = {"noisy_select": dp.noisy_select} if dp is not None and dp.noisy_select else {}
-        info = model.on_epoch_start(mining, device, epoch, trained=trained, **extra)
-        for key, value in info.items():
-            trace[key].append(value)
-        if dp is not None:
-            batches = (batch_to(to_batch(train_ds.specs, c), device) for c in loader)
-        else:
-            batches = iterate_batches(train_ds, cfg.batch_size, device, shuffle=True, seed=seed * 1000 + epoch)
-        if progress:
-            from tqdm.auto import tqdm
-            batches = tqdm(batches, total=math.ceil(len(train_ds) / cfg.batch_size), desc=f"epoch {epoch + 1}",
-                           leave=False)
-        for batch in batches:
-            optimizer.zero_grad(set_to_none=True)
-            if batch["present"].shape[0] > 0:  # an empty Poisson batch still takes a (noise-only) step
-                loss, parts = model.training_loss(batch)
-                if prox_center is not None and cfg.proximal_mu > 0:
-                    loss = loss + _proximal_term(model, prox_center, cfg.proximal_mu)
-                loss.backward()
-                for key, value in parts.items():
-                    sums[key] += value
-                n_batches += 1
-            step()
-            steps += 1
+    try:
+        for epoch in range(epochs):
+            mining = iterate_batches(train_ds, max(256, cfg.batch_size), device)
+            extra = {"noisy_select": dp.noisy_select} if dp is not None and dp.noisy_select else {}
+            info = model.on_epoch_start(mining, device, epoch, trained=trained, **extra)
+            for key, value in info.items():
+                trace[key].append(value)
+            if dp is not None:
+                batches = (batch_to(to_batch(train_ds.specs, c), device) for c in loader)
+            else:
+                batches = iterate_batches(train_ds, cfg.batch_size, device, shuffle=True, seed=seed * 1000 + epoch)
+            if progress:
+                from tqdm.auto import tqdm
+                batches = tqdm(batches, total=math.ceil(len(train_ds) / cfg.batch_size), desc=f"epoch {epoch + 1}",
+                               leave=False)
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                if batch["present"].shape[0] > 0:  # an empty Poisson batch still takes a (noise-only) step
+                    loss, parts = model.training_loss(batch)
+                    if prox_center is not None and cfg.proximal_mu > 0:
+                        loss = loss + _proximal_term(model, prox_center, cfg.proximal_mu)
+                    loss.backward()
+                    for key, value in parts.items():
+                        sums[key] += value
+                    n_batches += 1
+                step()
+                steps += 1
+    finally:
+        if dp_model is not None:  # Opacus' hooks off the model again: a later round or train_local call re-wraps it
+            dp_model._close()
     metrics = {k: v / max(n_batches, 1) for k, v in sums.items()}
     return TrainResult(metrics, counts, dict(trace), steps, sample_rate)
 

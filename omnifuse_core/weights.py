@@ -51,6 +51,11 @@ def get_trainable(model: nn.Module) -> "OrderedDict[str, np.ndarray]":
     return OrderedDict((n, p.detach().to("cpu", torch.float32).numpy().copy()) for n, p in trainable_named(model).items())
 
 
+def trainable_count(model: nn.Module) -> int:
+    """Number of trainable scalars P (what DP-SGD adds noise to and what a site uploads)."""
+    return int(sum(p.numel() for p in trainable_named(model).values()))
+
+
 def trainable_shapes(model: nn.Module) -> "OrderedDict[str, tuple[int, ...]]":
     """``name -> shape`` of every trainable parameter (what a valid reply must contain)."""
     return OrderedDict((n, tuple(p.shape)) for n, p in trainable_named(model).items())

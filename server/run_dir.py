@@ -59,6 +59,7 @@ class RunRecorder:
     """
 
     def __init__(self, cfg: Config, *, resume: bool = False) -> None:
+        self.cfg = cfg
         self.root = Path(cfg.run_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)

@@ -7,6 +7,9 @@
 Both standardize with statistics combined from per-site sums and counts, exactly as the federation does, and
 report per-site metrics plus the sample-weighted global mean (``final.global``); centralized also reports
 ``final.pooled`` (metrics on the pooled test split).
+
+With ``dp: true`` both train with DP-SGD through the site privacy layer (``sim.dp_reference``): one accountant for
+the pooled training set (centralized) or one per site (local), so DP utility compares like for like.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Callable, Optional
 import yaml
 
 from omnifuse_core.batch import MultimodalDataset
-from omnifuse_core.config import Config, ConfigError
+from omnifuse_core.config import Config
 from omnifuse_core.data.site import SiteData, load_site
 from omnifuse_core.data.stats import combine_stats, site_stats
 from omnifuse_core.metrics import headline_metric
@@ -30,6 +33,7 @@ from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_devi
 from omnifuse_core.weights import get_trainable
 from server.checkpoint import Checkpoint, save_checkpoint
 from server.run_dir import RunRecorder, weighted_global
+from sim.dp_reference import ReferenceDP, pooled_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +58,6 @@ def site_folders(data: Path) -> list[Path]:
 
 def load_sites(data: Path, cfg: Config) -> list[SiteData]:
     """Load every site with statistics combined from per-site aggregates (no pooled raw data)."""
-    if cfg.dp:
-        raise ConfigError("dp: true is applied per site, with each site's privacy ledger, in federated mode only; "
-                          "use --mode federated, or set dp: false for centralized/local reference runs")
     paths = site_folders(data)
     stats = combine_stats([site_stats(p, cfg) for p in paths])
     return [load_site(p, cfg, stats=stats) for p in paths]
@@ -97,9 +98,12 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
         train = MultimodalDataset.concat([s.train for s in sites])
         model = build_model(sites[0].specs, sites[0].task, cfg)
         selection = RoundSelection(cfg.final_model)
+        dp = ReferenceDP(rec.cfg, rec.root, rec)  # one accountant for the pooled training set
+        pooled_fp = pooled_fingerprint([s.fingerprint for s in sites])
         for rnd in range(1, cfg.rounds + 1):
             start = time.perf_counter()
-            result = train_local(model, train, cfg, device=device, seed_offset=rnd, trained=rnd > 1)
+            result = dp.train("pooled", pooled_fp, train, model, rnd, lambda c, d, r=rnd: train_local(
+                model, train, c, device=device, seed_offset=r, trained=r > 1, dp=d))
             val = _site_metrics(model, sites, "val", cfg, device)
             offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
             rec.record_round({"round": rnd, "global": weighted_global(val), "sites": val,
@@ -116,6 +120,7 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
                           "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites},
                           "availability": _availability(sites), "final_model": cfg.final_model,
                           "model_round": model_round})
+        dp.write()
         save_checkpoint(rec.checkpoints, Checkpoint(model_round, get_trainable(model),
                                                     state=_model_state(model, sites, {"mode": "centralized"}),
                                                     stats=sites[0].stats))
@@ -134,12 +139,14 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
         device = resolve_device(cfg)
         models = {s.name: build_model(s.specs, s.task, cfg) for s in sites}
         selections = {s.name: RoundSelection(cfg.final_model) for s in sites}
+        dp = ReferenceDP(rec.cfg, rec.root, rec)  # one accountant per site
         for rnd in range(1, cfg.rounds + 1):
             start = time.perf_counter()
             val, train_metrics, traces = {}, {}, {}
             for s in sites:
-                result = train_local(models[s.name], s.train, cfg, device=device, seed_offset=rnd,
-                                     trained=rnd > 1)
+                result = dp.train(s.name, s.fingerprint, s.train, models[s.name], rnd,
+                                  lambda c, d, r=rnd, m=models[s.name], ds=s.train: train_local(
+                                      m, ds, c, device=device, seed_offset=r, trained=r > 1, dp=d))
                 train_metrics[s.name], traces[s.name] = result.metrics, result.trace
                 if len(s.val):
                     val[s.name] = evaluate(models[s.name], s.val, cfg, device=device)
@@ -161,6 +168,7 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
                           "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites},
                           "availability": _availability(sites), "final_model": cfg.final_model,
                           "model_round": model_rounds})
+        dp.write()
     finally:
         rec.detach_log()
     return rec.root

@@ -200,6 +200,9 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo", description="4 non-IID hospitals, 2,400 patients, 200 genes; one site lacks genomics, one images",
         sites=_DEMO_SITES),
+    "demo-x5": Preset(
+        name="demo-x5", description="the demo federation with 5x the patients per site (12,000); B5's larger cohorts",
+        sites=tuple(dataclasses.replace(s, patients=5 * s.patients) for s in _DEMO_SITES)),
     "laziness": Preset(
         name="laziness",
         description="dominant EHR (strong acuity signal); image noisy at some sites; lung, molecular and chronic "

@@ -255,20 +255,27 @@ def test_federated_loop_matches_flower(smoke_federation, tmp_path):
 
 
 def test_dp_utility_smoke(tmp_path):
-    """B5 in its smoke mode: one DP run (epsilon 8, spent within the target) and one non-DP run, each with a test
-    AUROC and a membership-inference AUC."""
+    """B5 quick: federated and centralized at epsilon 8 (spent within the target, one accountant per site / for the
+    pooled set) and without DP, each with a test AUROC, a paired comparison and a membership-inference AUC."""
     out = tmp_path / "dp_utility.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "dp_utility.py"), "--mode", "smoke", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "dp_utility.py"), "--quick", "--threads", "1",
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=280,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(out.read_text())
-    assert res["mode"] == "smoke" and res["preset"] == "smoke" and set(res["table"]) == {"8", "inf"}
-    dp_run, plain = res["runs"]
-    assert dp_run["epsilon_target"] == 8.0 and 0 < dp_run["epsilon_spent"] <= 8.0 + 1e-6
-    assert dp_run["noise_multiplier"] > 0 and plain["epsilon_spent"] is None and plain["noise_multiplier"] == 0.0
+    assert res["preset"] == "smoke" and res["config"] == "smoke-dp"
+    assert set(res["table"]) == {"federated/eps8", "federated/epsinf", "centralized/eps8", "centralized/epsinf"}
+    runs = {r["key"]: r for r in res["runs"]}
+    assert set(runs["federated/eps8"]["privacy"]) == {"hospital_a", "hospital_b", "hospital_c"}
+    assert set(runs["centralized/eps8"]["privacy"]) == {"pooled"}
+    for key in ("federated/eps8", "centralized/eps8"):
+        for spent in runs[key]["privacy"].values():
+            assert 0 < spent["epsilon"] <= 8.0 + 1e-6 and spent["noise_multiplier"] > 0
+        assert "mean_diff" in res["table"][key]["vs_nodp"]
+    assert runs["federated/epsinf"]["privacy"] == {}
     for run in res["runs"]:
-        assert 0.0 <= run["test_auroc"] <= 1.0 and 0.0 <= run["mia_auc"] <= 1.0 and run["steps"] > 0
+        assert 0.0 <= run["auroc"] <= 1.0 and 0.0 <= run["mia"]["auc"] <= 1.0
 
 
 def _run_plain(script: str, *args: str) -> None:

@@ -32,8 +32,31 @@ def test_train_mode_writes_run_directory(smoke_federation, tmp_path, mode):
         assert not math.isnan(final["pooled"]["n"])
 
 
-def test_dp_outside_federated_mode_is_a_clear_error(smoke_federation, tmp_path):
+@pytest.mark.parametrize("mode", ["centralized", "local"])
+def test_dp_in_reference_modes_keeps_a_ledger_per_population(smoke_federation, tmp_path, mode):
+    """centralized: one accountant for the pooled training set; local: one per site. Each spends at most its
+    target, the run directory has the privacy reports, and the pre-flight ratio is recorded."""
+    out = tmp_path / mode
+    result = CliRunner().invoke(cli, ["-q", "train", "--mode", mode, "--config", "smoke-dp", "--data",
+                                      str(smoke_federation), "--out", str(out), "--set", "rounds=1"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = {"pooled"} if mode == "centralized" else {"hospital_a", "hospital_b", "hospital_c"}
+    assert set(metrics["privacy"]) == names
+    for values in metrics["privacy"].values():
+        assert 0 < values["epsilon"] <= 8.0 * 1.0001 and values["noise_ratio"] > 0
+    assert {json.loads(p.read_text())["site"] for p in (out / "privacy").glob("*.json")
+            if p.name != "summary.json"} == names
+    ledgers = list((out / "site-state").rglob("*.jsonl"))
+    assert len(ledgers) == len(names)
+
+
+def test_dp_preflight_refuses_a_hopeless_schedule(smoke_federation, tmp_path):
     result = CliRunner().invoke(cli, ["train", "--mode", "centralized", "--config", "smoke-dp", "--data",
-                                      str(smoke_federation), "--out", str(tmp_path / "r")])
+                                      str(smoke_federation), "--out", str(tmp_path / "r"),
+                                      "--set", "dp-preflight=error", "--set", "rounds=1"])
     assert result.exit_code != 0
-    assert "federated mode only" in str(result.exception)
+    text = str(result.exception)
+    assert "noise-to-signal ratio" in text and "pooled" in text and "batch-size >=" in text
+    assert not list((tmp_path / "r" / "site-state").rglob("*.jsonl")) or all(
+        not p.read_text().strip() for p in (tmp_path / "r" / "site-state").rglob("*.jsonl"))
