@@ -108,6 +108,19 @@ def plan_schedule(n_train: int, cfg: Config, *, uses_tla: bool, site: str = "") 
                     noisy_max_first_round=selections_in_call(cfg.local_epochs, False) if uses_tla else 0)
 
 
+def with_tla_scale(cfg: Config, schedule: Schedule) -> Config:
+    """``cfg`` with the Laplace scale b that TLA's report-noisy-max uses at this site.
+
+    ``tla-noise-scale > 0`` is used as given. ``0`` (auto) picks b so that the schedule's planned selections, at
+    2/b each (non-monotone scores), spend ``tla-epsilon-share`` of ``target-epsilon``:
+    ``b = 2 · selections / (share · target)``; with no selections b stays 0 (never used).
+    """
+    if cfg.tla_noise_scale > 0 or schedule.noisy_max_total == 0:
+        return cfg
+    per = cfg.tla_epsilon_share * cfg.target_epsilon / schedule.noisy_max_total
+    return cfg.replace(tla_noise_scale=noisy_max_epsilon(1.0, monotone=MINING_MONOTONE) / per)
+
+
 def _noisy_max_eps(cfg: Config) -> float:
     return noisy_max_epsilon(cfg.tla_noise_scale, monotone=MINING_MONOTONE)
 
@@ -148,7 +161,7 @@ def noise_multiplier_for(state_dir: Path, fingerprint: str, cfg: Config, schedul
     """
     path = Path(state_dir) / CALIBRATION_DIR / f"{fingerprint}.json"
     state = _load_state(path, site)
-    pure = schedule.noisy_max_total * _noisy_max_eps(cfg)
+    pure = schedule.noisy_max_total * _noisy_max_eps(cfg) if schedule.noisy_max_total else 0.0
     spec = {"target_epsilon": cfg.target_epsilon, "delta": cfg.delta, "sample_rate": schedule.sample_rate,
             "total_steps": schedule.total_steps, "accountant": cfg.accountant, "planned_pure_epsilon": pure,
             "noise_multiplier_config": cfg.noise_multiplier}
@@ -229,17 +242,18 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
     except (LedgerCorrupt, OSError, ValueError) as exc:
         raise PrivacyRefused(f"site '{name}' refuses to train: {exc}") from exc
     schedule = plan_schedule(len(site.train), cfg, uses_tla=uses_tla, site=name)
-    sigma, calibration = noise_multiplier_for(state_dir, fp, cfg, schedule, site=name)
+    b = with_tla_scale(cfg, schedule).tla_noise_scale  # TLA's Laplace scale at this site (auto: from the schedule)
+    sigma, calibration = noise_multiplier_for(state_dir, fp, cfg.replace(tla_noise_scale=b), schedule, site=name)
     check = preflight(name, cfg, schedule, len(site.train), sigma, n_params, first=server_round <= 1)
     budget = SiteBudget(ledger, cfg.delta, cap, cfg.accountant, site=name)
     n_select = schedule.noisy_max_in_round(server_round) if uses_tla else 0
-    planned = [noisy_max_event(cfg.tla_noise_scale, count=n_select, monotone=MINING_MONOTONE)] if n_select else []
+    planned = [noisy_max_event(b, count=n_select, monotone=MINING_MONOTONE)] if n_select else []
     try:
         budget.check_round(sigma, schedule.sample_rate, schedule.steps_per_round, planned)
     except BudgetExceeded as exc:
         raise PrivacyRefused(str(exc)) from exc
     seed = secret_seed(state_dir, fp, cfg.seed, run_id, server_round)
-    select = make_noisy_select(cfg.tla_noise_scale, torch.Generator().manual_seed(seed + 1)) if uses_tla else None
+    select = make_noisy_select(b, torch.Generator().manual_seed(seed + 1)) if uses_tla else None
     result = train(cfg.replace(seed=seed), DPSettings(sigma, cfg.max_grad_norm, select))
     events = list(result.trace.get("dp_event", []) or [])
     spent = budget.record_round(sigma, result.sample_rate or schedule.sample_rate, result.steps,
@@ -249,6 +263,8 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
     metrics = {"epsilon": float(report["epsilon"]), "delta": float(cfg.delta), "epsilon_lifetime": float(spent),
                "max_epsilon": cap, "noise_multiplier": sigma, "sample_rate": float(result.sample_rate),
                "steps": int(result.steps), "max_grad_norm": float(cfg.max_grad_norm)}
+    if uses_tla:
+        metrics["tla_noise_scale"] = float(b)
     if check is not None:
         metrics.update({"noise_ratio": check.ratio, "trainable_params": float(check.n_params)})
     log.info("site %s round %d: spent epsilon %.3f this run, %.3f lifetime (cap %g)", name, server_round,

@@ -112,8 +112,10 @@ class Config:
     accountant: str = "prv"  # headline accountant: prv | rdp
     dp_grad_sample_mode: str = "hooks"  # Opacus per-sample gradients: hooks | functorch (same values; B6b times both)
     dp_preflight: str = "error"  # error | warn | off: what a hopeless pre-flight noise-to-signal ratio does
-    dp_max_noise_ratio: float = 1.0  # pre-flight limit on sigma*sqrt(P)/B (docs/privacy.md; measured in B5)
-    tla_noise_scale: float = 20.0  # Laplace scale b of TLA report-noisy-max (costs 2/b per selection, docs/privacy.md)
+    dp_max_noise_ratio: float = 5.0  # pre-flight limit on sigma*sqrt(P)/B per step (docs/privacy.md; measured in B5)
+    tla_noise_scale: float = 20.0  # Laplace scale b of TLA report-noisy-max (costs 2/b per selection, docs/privacy.md);
+    # 0 = auto: b such that the planned selections cost tla-epsilon-share of target-epsilon
+    tla_epsilon_share: float = 0.1  # with tla-noise-scale 0: the share of target-epsilon TLA's selections may spend
     central_dp: bool = False
     central_noise_multiplier: float = 1.0
     central_clip_norm: float = 1.0
@@ -155,6 +157,9 @@ class Config:
             raise ConfigError(f"config key 'hide-prob' must lie in [0, 1], got {self.hide_prob}")
         if self.image_channels not in (1, 3):
             raise ConfigError(f"config key 'image-channels' must be 1 or 3, got {self.image_channels}")
+        if self.tla_noise_scale < 0 or not 0 < self.tla_epsilon_share < 1:
+            raise ConfigError(f"config keys 'tla-noise-scale' must be >= 0 (0 = auto) and 'tla-epsilon-share' in (0, 1), "
+                              f"got {self.tla_noise_scale} and {self.tla_epsilon_share}")
         if self.dp and not (0 < self.delta < 1):
             raise ConfigError(f"config key 'delta' must lie in (0, 1), got {self.delta}")
         return self

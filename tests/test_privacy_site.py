@@ -193,3 +193,26 @@ def test_planned_noisy_max_alone_over_target_refuses(tmp_path):
     with pytest.raises(sp.PrivacyRefused, match="tla-noise-scale"):
         _round(tmp_path, 1, cfg=CFG.replace(tla_noise_scale=1.0))
     assert noisy_max_event(1.0)["epsilon0"] == 1.0
+
+
+def test_auto_tla_scale_spends_the_configured_share_of_the_target(tmp_path, monkeypatch):
+    """tla-noise-scale 0: b = 2 * selections / (share * target), so the planned noisy-max selections cost exactly
+    tla-epsilon-share of target-epsilon, DP-SGD is calibrated to the rest, and the ledger records that b."""
+    cfg = CFG.replace(tla_noise_scale=0.0, tla_epsilon_share=0.1)
+    sched = sp.plan_schedule(N_TRAIN, cfg, uses_tla=True)
+    b = sp.with_tla_scale(cfg, sched).tla_noise_scale
+    assert sched.noisy_max_total * 2 / b == pytest.approx(0.1 * cfg.target_epsilon)
+    calls = []
+    real = sp.calibrate_noise_multiplier
+    monkeypatch.setattr(sp, "calibrate_noise_multiplier", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for rnd in (1, 2, 3):
+        _, metrics, _ = _round(tmp_path, rnd, cfg=cfg)
+        assert metrics["tla_noise_scale"] == pytest.approx(b)
+    assert calls[0][0] == pytest.approx(0.9 * cfg.target_epsilon)
+    laplace = [e for e in PrivacyLedger(tmp_path, "fp-x").events() if e["type"] == "laplace"]
+    assert sum(e["count"] * e["epsilon0"] for e in laplace) == pytest.approx(0.1 * cfg.target_epsilon)
+    assert metrics["epsilon"] <= cfg.target_epsilon * 1.001
+    # an explicit scale is used as given; no selections (no TLA) need no scale
+    assert sp.with_tla_scale(CFG, sched).tla_noise_scale == CFG.tla_noise_scale
+    none = sp.plan_schedule(N_TRAIN, cfg, uses_tla=False)
+    assert sp.with_tla_scale(cfg, none).tla_noise_scale == 0.0
