@@ -31,8 +31,9 @@ def one_epoch(cfg, specs, task, train, dp_mode: str | None) -> dict:
     from omnifuse_core.models import build_model
     from omnifuse_core.trainer import DPSettings, set_seed, train_local
 
+    run_cfg = cfg.replace(dp=bool(dp_mode), dp_grad_sample_mode=dp_mode or cfg.dp_grad_sample_mode)
     set_seed(0)
-    model = build_model(specs, task, cfg)
+    model = build_model(specs, task, run_cfg)  # built as the run builds it (under DP: e_m(0) without gradient)
     mining = [0.0]
     hook = model.on_epoch_start
 
@@ -45,7 +46,6 @@ def one_epoch(cfg, specs, task, train, dp_mode: str | None) -> dict:
 
     model.on_epoch_start = timed
     dp = DPSettings(1.0, cfg.max_grad_norm) if dp_mode else None
-    run_cfg = cfg.replace(dp=bool(dp_mode), dp_grad_sample_mode=dp_mode or cfg.dp_grad_sample_mode)
     start = time.perf_counter()
     result = train_local(model, train, run_cfg, epochs=1, dp=dp)
     epoch = time.perf_counter() - start

@@ -113,8 +113,7 @@ class Config:
     dp_grad_sample_mode: str = "hooks"  # Opacus per-sample gradients: hooks | functorch (same values; B6b times both)
     dp_preflight: str = "error"  # error | warn | off: what a hopeless pre-flight noise-to-signal ratio does
     dp_max_noise_ratio: float = 5.0  # pre-flight limit on sigma*sqrt(P)/B per step (docs/privacy.md; measured in B5)
-    tla_noise_scale: float = 20.0  # Laplace scale b of TLA report-noisy-max (costs 2/b per selection, docs/privacy.md);
-    # 0 = auto: b such that the planned selections cost tla-epsilon-share of target-epsilon
+    tla_noise_scale: float = 20.0  # Laplace scale b of TLA report-noisy-max, 2/b per selection; 0 = auto (docs/privacy.md)
     tla_epsilon_share: float = 0.1  # with tla-noise-scale 0: the share of target-epsilon TLA's selections may spend
     central_dp: bool = False
     central_noise_multiplier: float = 1.0

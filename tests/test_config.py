@@ -10,7 +10,7 @@ from omnifuse_core.config import Config, ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["smoke", "smoke-dp", "demo"])
+@pytest.mark.parametrize("name", ["smoke", "smoke-dp", "demo", "demo-dp"])
 def test_shipped_configs_load_and_round_trip(name, tmp_path):
     cfg = Config.load(name)
     cfg.save(tmp_path / "c.yaml")

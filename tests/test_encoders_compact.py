@@ -74,3 +74,17 @@ def test_dp_profile_model_is_small_and_trains_round_after_round_under_dp():
         assert result.steps == 5
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_every_grad_sample_mode_computes_per_sample_gradients_through_training_loss(mode):
+    """With (almost) no noise a DP step must move the weights as the clipped gradient says: a per-sample mode that
+    only works through the wrapper's forward (Opacus' ExpandedWeights) would leave every gradient at zero here."""
+    ds = make_toy_dataset(32, missing=[0, 0.4, 0.4, 0.5], seed=3)
+    cfg = CFG.replace(**COMPACT, dp=True, local_epochs=1, dp_grad_sample_mode=mode)
+    torch.manual_seed(0)
+    model = build_model(TOY_SPECS, toy_task(), cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_local(model, ds, cfg, dp=DPSettings(1e-9, 1.0))
+    moved = [k for k, v in model.state_dict().items() if (v - before[k]).abs().max() > 1e-4]
+    assert any(k.startswith("encoders.") for k in moved) and any(k.startswith("joint_head") for k in moved)

@@ -1,6 +1,7 @@
 """The synthetic generator writes real site folders (docs/data-format.md) deterministically."""
 from __future__ import annotations
 
+import dataclasses
 import csv
 import json
 from pathlib import Path
@@ -149,7 +150,7 @@ def test_sites_override_and_bad_inputs(tmp_path: Path) -> None:
 
 def test_list_presets_names() -> None:
     names = [n for n, _ in list_presets()]
-    assert names == ["smoke", "demo", "laziness", "extreme-missing", "reliability"]
+    assert names == ["smoke", "demo", "demo-x5", "laziness", "extreme-missing", "reliability"]
 
 
 def test_smoke_sites_pass_the_validator(smoke: Path) -> None:
@@ -158,3 +159,12 @@ def test_smoke_sites_pass_the_validator(smoke: Path) -> None:
         report = validate(smoke / site)
         assert report.ok, report.format()
         assert report.summary["patients"] == 40
+
+
+def test_demo_x5_is_the_demo_federation_with_five_times_the_patients() -> None:
+    from sim.presets import get_preset
+
+    demo, big = get_preset("demo"), get_preset("demo-x5")
+    assert [s.patients * 5 for s in demo.sites] == [s.patients for s in big.sites]
+    assert [dataclasses.replace(s, patients=0) for s in demo.sites] == [
+        dataclasses.replace(s, patients=0) for s in big.sites]

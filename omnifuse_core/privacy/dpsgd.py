@@ -92,6 +92,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
     dp_model.forbid_grad_accumulation()  # one optimizer step per Poisson batch (what the accountant assumes)
     dp_optimizer.expected_batch_size = int(batch_size)  # gradient scale 1/B (Opacus would use N / ceil(N / B))
     dp_optimizer.scale_grad = types.MethodType(_scale_grad, dp_optimizer)
+    dp_optimizer.clip_and_accumulate = types.MethodType(_clip_and_accumulate, dp_optimizer)
     counter = RDPAccountant()
     dp_optimizer.attach_step_hook(counter.get_optimizer_hook_fn(sample_rate=sample_rate))
     dp_optimizer.omnifuse_accountant = counter
@@ -111,6 +112,30 @@ def _scale_grad(self) -> None:
         scale = self.expected_batch_size * self.accumulated_iterations
         for p in self.params:
             p.grad /= scale
+
+
+def _clip_and_accumulate(self) -> None:
+    """Opacus' ``DPOptimizer.clip_and_accumulate`` with each parameter's clipped sum as one matrix-vector product.
+
+    The per-sample norms and clip factors are computed exactly as Opacus computes them. The sum over samples
+    ``Σ_i c_i·g_i`` is ``c @ G`` (one BLAS call) instead of ``einsum("i,i...")``, and each parameter's flattened
+    per-sample gradient is read once instead of twice: equal to Opacus' result up to float rounding (tested), and
+    about 6 % of a DP-SGD step cheaper for the DP profile's 44 parameter tensors (BENCHMARKS B6b).
+    """
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    samples = self.grad_samples
+    if len(samples[0]) == 0:
+        factor = torch.zeros((0,), device=samples[0].device)
+    else:
+        norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in samples], dim=1).norm(2, dim=1)
+        factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    for p, g in zip(self.params, samples):
+        _check_processed_flag(p.grad_sample)
+        g = g.to(p.dtype)
+        grad = (factor.to(device=g.device, dtype=p.dtype) @ g.reshape(len(g), p.numel())).view(p.shape)
+        p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+        _mark_as_processed(p.grad_sample)
 
 
 def planned_steps_per_epoch(n: int, batch_size: int) -> tuple[float, int]:
