@@ -49,6 +49,8 @@ def test_dp_in_reference_modes_keeps_a_ledger_per_population(smoke_federation, t
             if p.name != "summary.json"} == names
     ledgers = list((out / "site-state").rglob("*.jsonl"))
     assert len(ledgers) == len(names)
+    text = (out / "privacy" / "privacy.md").read_text()
+    assert "pre-flight noise check" in text and "trainable parameters" in text  # P is stated in the report
 
 
 def test_dp_preflight_refuses_a_hopeless_schedule(smoke_federation, tmp_path):

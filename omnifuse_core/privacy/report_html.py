@@ -17,6 +17,15 @@ def _f(v, spec: str = ".3f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _preflight(check: dict | None) -> str:
+    """One line: trainable parameters P, expected batch B, the ratio sigma*sqrt(P)/B and its verdict."""
+    if not check:
+        return "not run"
+    return (f"{check['verdict']}: sigma*sqrt(P)/B = {_f(check['ratio'], '.2f')} per step with P = "
+            f"{check['n_params']:,} trainable parameters and expected batch B = {_f(check['expected_batch'], '.0f')} "
+            f"({_f(check['ratio_run'], '.3f')} over the run's {check['steps']} steps)")
+
+
 def _rows(r: dict) -> list[tuple[str, str]]:
     cc, m, p = r["epsilon_cross_check"], r["mechanism"], r["provenance"]
     return [
@@ -34,6 +43,7 @@ def _rows(r: dict) -> list[tuple[str, str]]:
                       f"sampling q={m.get('sample_rate')}, steps/round={m.get('steps_per_round')}, "
                       f"rounds={m.get('rounds')}, total steps={m.get('total_steps')}"),
         ("empty batches", str(m.get("empty_batch_policy", ""))),
+        ("pre-flight noise check", _preflight(m.get("preflight"))),
         ("noisy-max events", json.dumps(m.get("noisy_max", [])) + (f" — {r['pure_dp_composition']}"
                                                                    if r.get("pure_dp_composition") else "")),
         ("protected", "; ".join(r["scope"]["protected"])),
