@@ -200,3 +200,41 @@ def test_clip_and_accumulate_override_matches_opacus(batch_size):
 
     ours, theirs = run(False), run(True)
     assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_direct_grad_sample_store_is_bit_identical_to_opacus():
+    """make_private lets Opacus keep a whole-batch per-sample gradient without its zeros-plus-copy; DP training
+    with it is bit-identical to Opacus' own store (which stays in use for shorter or repeated gradients)."""
+    from opacus.grad_sample import grad_sample_module as gsm
+
+    def run():
+        torch.manual_seed(0)
+        m = TwoBranch()
+        dm, opt, dl = make_private(m, torch.optim.SGD(m.parameters(), lr=0.5), _dataset(), batch_size=3,
+                                   noise_multiplier=1.0, max_grad_norm=0.5, seed=5)
+        for _ in range(3):
+            for collated in dl:
+                b = to_batch(SPECS, collated)
+                if b["labels"].shape[0]:
+                    F.cross_entropy(dm(b["inputs"]["ehr"], b["inputs"]["image"]), b["labels"]).backward()
+                dp_step(opt)
+                opt.zero_grad()
+        dm._close()
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    ours = run()
+    store = gsm.create_or_accumulate_grad_sample
+    assert getattr(store, "omnifuse_direct", False)
+    gsm.create_or_accumulate_grad_sample = store.opacus_original
+    try:
+        import omnifuse_core.privacy.dpsgd as dpsgd
+
+        original_install = dpsgd._install_direct_grad_sample_store
+        dpsgd._install_direct_grad_sample_store = lambda: None
+        try:
+            theirs = run()
+        finally:
+            dpsgd._install_direct_grad_sample_store = original_install
+    finally:
+        gsm.create_or_accumulate_grad_sample = store
+    assert torch.equal(ours, theirs)

@@ -73,6 +73,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
                          "calibrate_noise_multiplier() or set config key noise-multiplier")
     if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
         raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r} (config key max-grad-norm)")
+    _install_direct_grad_sample_store()
     problems = check_dp_compatible(model)
     if problems:
         raise ValueError("model is not DP-compatible (build it with dp-compatible: true):\n  " + "\n  ".join(problems))
@@ -99,6 +100,33 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
     log.info("DP-SGD: N=%d B=%d q=%.5f sigma=%.4f C=%.3g, %d steps per pass", n, batch_size, sample_rate,
              noise_multiplier, max_grad_norm, len(dp_loader))
     return dp_model, dp_optimizer, dp_loader
+
+
+def _install_direct_grad_sample_store() -> None:
+    """Let Opacus keep a layer's first per-sample gradient of a backward pass as computed, without a copy.
+
+    Opacus' ``create_or_accumulate_grad_sample`` allocates ``zeros([max_batch_len, ...])`` and copies the freshly
+    computed per-sample gradient into it, every layer, every step (≈ 10 % of the DP profile's DP-SGD step, B6b).
+    When the gradient already spans the whole batch, the zeros-plus-copy equals the gradient itself, so it is stored
+    as is; anything else (a shorter batch, a second call of the same layer) takes Opacus' own path. Bit-identical
+    (tested); installed once per process, in Opacus' module, where its backward hook looks the function up.
+    """
+    from opacus.grad_sample import grad_sample_module as gsm
+
+    original = gsm.create_or_accumulate_grad_sample
+    if getattr(original, "omnifuse_direct", False):
+        return
+
+    def store(*, param: torch.Tensor, grad_sample: torch.Tensor, max_batch_len: int) -> None:
+        if (param.requires_grad and not hasattr(param, "_current_grad_sample")
+                and grad_sample.shape[0] == max_batch_len):
+            param._current_grad_sample = grad_sample
+            return
+        original(param=param, grad_sample=grad_sample, max_batch_len=max_batch_len)
+
+    store.omnifuse_direct = True
+    store.opacus_original = original
+    gsm.create_or_accumulate_grad_sample = store
 
 
 def _scale_grad(self) -> None:
