@@ -59,7 +59,8 @@ def query_stats(msg: Message, context: Context) -> Message:
     cfg, _ = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
     stats = rt.site_statistics(node.path, cfg)
-    info = ConfigRecord({P.SITE: node.path.name, P.SITE_STATS_JSON: json.dumps(stats)})
+    info = ConfigRecord({P.SITE: node.path.name, P.SITE_STATS_JSON: json.dumps(stats),
+                         P.DECLARED_JSON: json.dumps(rt.declared_modalities(node.path))})
     return Message(RecordDict({P.INFO: info}), reply_to=msg)
 
 

@@ -126,6 +126,14 @@ def describe(site) -> dict[str, str]:
             P.TASK_JSON: json.dumps(site.task.to_dict()), P.FINGERPRINT: str(site.fingerprint)}
 
 
+def declared_modalities(path: Path) -> list[str]:
+    """The modality names the site's ``site.yaml`` declares (empty when it is unusable: loading reports that)."""
+    from omnifuse_core.data.descriptor import parse_descriptor
+
+    desc, _ = parse_descriptor(Path(path))
+    return list(desc.modalities) if desc is not None else []
+
+
 def build_site_model(site, cfg: Config, specs_json: str, task_json: str):
     """Build the model from the *server's* specs/task, after checking the site's own specs agree."""
     from omnifuse_core.models import build_model

@@ -41,6 +41,7 @@ SPECS_JSON = "specs-json"
 TASK_JSON = "task-json"
 TRACE_JSON = "trace-json"  # e.g. {"lazy": [["ehr", "image"], ...]} per local epoch
 FINGERPRINT = "fingerprint"
+DECLARED_JSON = "declared-json"  # stats reply: the modality names the site's site.yaml declares (names only)
 
 # --- metric key prefixes (client -> server, numbers) -----------------------------------------------------------
 COUNT_PREFIX = "count."  # count.<modality>, count.any, count.n : training samples that had it

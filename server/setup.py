@@ -59,6 +59,19 @@ def query(grid: Grid, nodes: list[int], action: str, config: dict, timeout: floa
     return replies
 
 
+def _check_declared(replies: dict[int, Message], cfg: Config) -> None:
+    """Every configured modality must be declared by some site (``omnifuse_core.data.declared``)."""
+    from omnifuse_core.config import ConfigError
+    from omnifuse_core.data.declared import check_declared
+
+    infos = [r.content.config_records[P.INFO] for r in replies.values()]
+    declared = {str(i[P.SITE]): json.loads(i[P.DECLARED_JSON]) for i in infos if P.DECLARED_JSON in i}
+    try:
+        check_declared(declared, cfg)
+    except ConfigError as exc:
+        raise FederationSetupError(str(exc)) from exc
+
+
 def exchange(grid: Grid, cfg: Config, base: dict, timeout: float) -> Federation:
     """Run the stats and describe queries (see module docstring)."""
     from omnifuse_core.data.stats import combine_stats
@@ -67,6 +80,7 @@ def exchange(grid: Grid, cfg: Config, base: dict, timeout: float) -> Federation:
     log.info("setup: %d site(s) connected; exchanging preprocessing statistics", len(nodes))
     replies = query(grid, nodes, P.QUERY_STATS, base, timeout)
     site_stats = [json.loads(r.content.config_records[P.INFO][P.SITE_STATS_JSON]) for r in replies.values()]
+    _check_declared(replies, cfg)
     stats = combine_stats(site_stats)
     replies = query(grid, nodes, P.QUERY_DESCRIBE, {**base, P.STATS_JSON: json.dumps(stats)}, timeout)
     infos = {n: dict(r.content.config_records[P.INFO]) for n, r in replies.items()}

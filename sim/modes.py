@@ -23,6 +23,8 @@ import yaml
 
 from omnifuse_core.batch import MultimodalDataset
 from omnifuse_core.config import Config
+from omnifuse_core.data.declared import check_declared
+from omnifuse_core.data.descriptor import parse_descriptor
 from omnifuse_core.data.site import SiteData, load_site
 from omnifuse_core.data.stats import combine_stats, site_stats
 from omnifuse_core.metrics import headline_metric
@@ -59,6 +61,8 @@ def site_folders(data: Path) -> list[Path]:
 def load_sites(data: Path, cfg: Config) -> list[SiteData]:
     """Load every site with statistics combined from per-site aggregates (no pooled raw data)."""
     paths = site_folders(data)
+    declared = {d.name: list(d.modalities) for d in (parse_descriptor(Path(p))[0] for p in paths) if d is not None}
+    check_declared(declared, cfg)  # before loading: an undeclared modality would fail later with a vaguer message
     stats = combine_stats([site_stats(p, cfg) for p in paths])
     return [load_site(p, cfg, stats=stats) for p in paths]
 
