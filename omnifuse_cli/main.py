@@ -66,15 +66,20 @@ def synth(preset: str, sites: int | None, out: Path, seed: int, overwrite: bool)
 @cli.command("check-site")
 @click.argument("site_dir", type=click.Path(path_type=Path))
 @click.option("--config", default=None, help="Config (name or YAML) whose modalities/task to check against.")
-def check_site(site_dir: Path, config: str | None) -> None:
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (repeatable), as for `omnifuse train`: the check then sees the run's "
+                   "modalities, task and split.")
+def check_site(site_dir: Path, config: str | None, overrides: tuple[str, ...]) -> None:
     """Validate one site folder; lists every problem with file, row and reason.
 
     \b
     Example:
       omnifuse check-site data/demo/hospital_a
+      omnifuse check-site data/demo/hospital_a --config demo --set split-seed=3
     """
     from omnifuse_core.data.validate import validate_site
-    report = validate_site(site_dir, Config.load(config) if config else None)
+    cfg = _config(config, overrides) if config else (Config().with_overrides(overrides) if overrides else None)
+    report = validate_site(site_dir, cfg)
     click.echo(report.format())
     if not report.ok:
         sys.exit(1)

@@ -44,6 +44,7 @@ class Config:
     genomics_genes: str = ""  # gene order shared by all sites: comma-separated names or a file (one per line)
     val_fraction: float = 0.15  # used only when the cohort table has no split column
     test_fraction: float = 0.15
+    split_seed: int = 0  # seed of the random split (no split column); apart from `seed`, which seeds the model
 
     # --- model ---------------------------------------------------------------------------------------------
     fusion: str = "omnifuse"  # omnifuse | dwfuse | concat | sum | late | se_gate | moddrop | healnet
@@ -80,7 +81,7 @@ class Config:
     healnet_heads: int = 4
 
     # --- local training ------------------------------------------------------------------------------------
-    seed: int = 0
+    seed: int = 0  # model initialisation, shuffling, simulated missingness (the patient split: split-seed)
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 1e-3

@@ -58,3 +58,45 @@ def test_demo_dp_flag_picks_the_dp_profile(tmp_path, monkeypatch, args, config, 
     expected = Config.load(config)
     assert seen["cfg"].dp is dp and seen["cfg"].embed_dim == expected.embed_dim
     assert seen["cfg"].ehr_encoder == expected.ehr_encoder
+
+
+def _unsplit_site(smoke_federation, tmp_path):
+    """A copy of a smoke site without its split column: patients are split at random with split-seed."""
+    import shutil
+
+    import yaml
+
+    site = tmp_path / "site"
+    shutil.copytree(smoke_federation / "hospital_a", site)
+    desc = yaml.safe_load((site / "site.yaml").read_text())
+    desc["split-column"] = None  # no split column: a seeded random split
+    desc["ignore-columns"] = ["split"]
+    (site / "site.yaml").write_text(yaml.safe_dump(desc))
+    return site
+
+
+def test_check_site_takes_the_runs_config_and_overrides(smoke_federation, tmp_path):
+    """check-site --config/--set sees the run's split: split-seed changes the split it reports, seed does not."""
+    site = str(_unsplit_site(smoke_federation, tmp_path))
+
+    def report(*args):
+        result = CliRunner().invoke(cli, ["check-site", site, "--config", "smoke", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    base = report()
+    assert report("--set", "seed=7") == base
+    assert report("--set", "val-fraction=0.4") != base  # the run's split fractions, not the defaults
+    bad = CliRunner().invoke(cli, ["check-site", site, "--set", "no-such-key=1"])
+    assert bad.exit_code != 0 and "no-such-key" in (bad.output + str(bad.exception))
+
+
+def test_split_seed_moves_patients_and_seed_does_not(smoke_federation, tmp_path):
+    from omnifuse_core.config import Config
+    from omnifuse_core.data.site import load_site
+
+    site = _unsplit_site(smoke_federation, tmp_path)
+    ids = lambda cfg: sorted(load_site(site, cfg).test.patient_ids)  # noqa: E731
+    base = Config.load("smoke")
+    assert ids(base.replace(seed=5)) == ids(base)
+    assert ids(base.replace(split_seed=5)) != ids(base)

@@ -81,7 +81,7 @@ def scan_site(path: str | Path, cfg: Config | None = None, *, modalities: list[s
     if not scan.tasks:
         report.add(Problem("site.yaml", None, "labels", "no labels declared; add labels: {binary: [column]} (see "
                            "docs/data-format.md)", "missing_labels", "site"))
-    cohort, problems = read_cohort(site_dir, desc, scan.tasks, seed=c.seed, val_fraction=c.val_fraction,
+    cohort, problems = read_cohort(site_dir, desc, scan.tasks, seed=c.split_seed, val_fraction=c.val_fraction,
                                    test_fraction=c.test_fraction)
     report.add(*problems)
     if cohort is None:
