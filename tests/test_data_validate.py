@@ -120,3 +120,19 @@ def test_parquet_without_pyarrow_is_a_clear_problem(tmp_path):
     problems = validate_site(site, CFG).problems
     assert len(problems) == 1 and "pip install pyarrow" in problems[0].reason
     assert problems[0].file == "cohort.parquet"
+
+
+def test_label_messages_name_the_expected_value_and_never_a_python_repr(tmp_path):
+    """An event coded yes/no is reported per row with what is expected (0/1: event/censored); values are quoted
+    as written, never as numpy reprs like np.str_('yes')."""
+    site = make_site(tmp_path, 8)
+
+    def edit(header, rows):
+        ev = header.index("event")
+        rows[0][ev], rows[1][ev] = "yes", "no"
+    _rewrite_cohort(site, edit)
+    report = validate_site(site, CFG.replace(task="survival"))
+    reasons = [p.reason for p in report.problems if p.field == "event"]
+    assert len(reasons) == 2
+    assert reasons[0] == "label is 'yes', not a number; expected 0 or 1 (the event indicator: 1 = event, 0 = censored)"
+    assert "np." not in report.format() and "str_" not in report.format()

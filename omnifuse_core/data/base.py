@@ -9,7 +9,7 @@ import numpy as np
 from ..config import Config
 from .cohort import Cohort
 from .descriptor import ModalityDesc, safe_path
-from .problems import Problem
+from .problems import Problem, shown
 
 
 @dataclass
@@ -85,7 +85,7 @@ class ReadContext:
                 continue
             if key in keys:
                 self.problem(desc.name, i, self.cohort.file, i + 1, desc.ref_column if by_ref else None,
-                             f"key {key!r} is also used by row {keys[key] + 1}; each patient needs its own entry",
+                             f"key {shown(key)} is also used by row {keys[key] + 1}; each patient needs its own entry",
                              "duplicate_id")
                 continue
             keys[key] = i
@@ -99,7 +99,7 @@ class ReadContext:
             return None
         if not path.is_file():
             self.problem(desc.name, i, self.cohort.file, i + 1, desc.ref_column,
-                         f"file {ref!r} does not exist; fix the path or leave the cell empty if the patient "
+                         f"file {shown(ref)} does not exist; fix the path or leave the cell empty if the patient "
                          "lacks this modality", "missing_file")
             return None
         self.files.add(path)
@@ -110,7 +110,7 @@ class ReadContext:
         ref = str(desc.options.get("table", ""))
         path, reason = safe_path(self.site_dir, ref) if ref else (None, f"modality '{desc.name}' needs table:")
         if path is not None and not path.is_file():
-            path, reason = None, f"table {ref!r} does not exist"
+            path, reason = None, f"table {shown(ref)} does not exist"
         if path is None:
             self.problem(desc.name, None, "site.yaml", None, f"modalities.{desc.name}.table", reason,
                          "missing_file")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .descriptor import RaggedTableError, SiteDescriptor, read_table, safe_path
-from .problems import Problem
+from .problems import Problem, shown
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def read_cohort(site_dir: Path, desc: SiteDescriptor, tasks: list[str], *, seed:
         if not pid:
             bad_row(i, desc.id_column, "empty patient id; every row needs a unique id", "missing_id")
         elif pid in first_seen:
-            bad_row(i, desc.id_column, f"duplicate patient id {pid!r} (first on row {first_seen[pid] + 1}); "
+            bad_row(i, desc.id_column, f"duplicate patient id {shown(pid)} (first on row {first_seen[pid] + 1}); "
                     "keep one row per patient", "duplicate_id")
         else:
             first_seen[pid] = i
@@ -125,7 +125,7 @@ def _split(table: pd.DataFrame, desc: SiteDescriptor, ids: list[str], seed: int,
         split = np.array([s.strip().lower() for s in table[col].astype(str)], dtype=object)
         for i, s in enumerate(split):
             if s not in SPLITS:
-                bad_row(i, col, f"split {table[col].iloc[i]!r} is not one of train/val/test", "bad_split")
+                bad_row(i, col, f"split {shown(table[col].iloc[i])} is not one of train/val/test", "bad_split")
         return split
     # Seeded random split over the sorted unique ids: independent of row order.
     uniq = sorted(set(ids))
@@ -156,20 +156,26 @@ def _labels(task: str, table: pd.DataFrame, cols: list[str], desc: SiteDescripto
     for j, col in enumerate(cols):
         raw = table[col].astype(str).str.strip()
         num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+        if task == "survival" and j == 0:
+            expect = "a time > 0"
+        elif task == "multiclass":
+            expect = f"an integer class in 0..{(n_classes or 0) - 1}"
+        else:
+            expect = "0 or 1" + (" (the event indicator: 1 = event, 0 = censored)" if task == "survival" else "")
         for i in range(n):
             v = num[i]
             if not math.isfinite(v):
-                what = "empty" if raw.iloc[i] == "" else f"{raw.iloc[i]!r} (not a finite number)"
-                report(i, col, f"label is {what}", "invalid_label")
+                what = "empty" if raw.iloc[i] == "" else f"{shown(raw.iloc[i])}, not a number"
+                report(i, col, f"label is {what}; expected {expect}", "invalid_label")
                 continue
             if task == "survival" and j == 0:
-                ok, expect = v > 0, "a time > 0"
+                ok = v > 0
             elif task == "multiclass":
-                ok, expect = v == int(v) and 0 <= v < (n_classes or math.inf), f"an integer class in 0..{(n_classes or 0) - 1}"
+                ok = v == int(v) and 0 <= v < (n_classes or math.inf)
             else:
-                ok, expect = v in (0.0, 1.0), "0 or 1"
+                ok = v in (0.0, 1.0)
             if not ok:
-                report(i, col, f"label {raw.iloc[i]!r} is out of range; expected {expect}", "invalid_label")
+                report(i, col, f"label {shown(raw.iloc[i])} is out of range; expected {expect}", "invalid_label")
                 continue
             out[i, j] = v
     return out

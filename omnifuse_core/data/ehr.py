@@ -17,6 +17,7 @@ from ..batch import KIND_SEQUENCE, KIND_TABULAR
 from . import mimic_schema as S
 from .base import ModalityData, ReadContext, empty
 from .descriptor import ModalityDesc, read_table
+from .problems import shown
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def read_ehr_stays(ctx: ReadContext, desc: ModalityDesc) -> ModalityData:
             except ValueError:
                 ok = False
             if not ok:
-                ctx.problem(desc.name, i, ref, r, S.TIME_COLUMN, f"Hours {hour!r} is not a finite number", "nan")
+                ctx.problem(desc.name, i, ref, r, S.TIME_COLUMN, f"Hours {shown(hour)} is not a finite number", "nan")
                 continue
             for j, var in vcols:
                 value = line[j]
@@ -135,7 +136,7 @@ def read_ehr_long(ctx: ReadContext, desc: ModalityDesc) -> ModalityData:
     df["patient"] = df["patient"].astype(int)
     bad_var = ~df["variable"].isin(S.VARIABLES)
     for r in df[bad_var].itertuples():
-        ctx.problem(desc.name, r.patient, rel, r.row, "variable", f"unknown variable {r.variable!r}; use one of the "
+        ctx.problem(desc.name, r.patient, rel, r.row, "variable", f"unknown variable {shown(r.variable)}; use one of the "
                     "17 benchmark variable names (omnifuse_core.data.mimic_schema.VARIABLES)", "unknown_variable")
     with_rows = set(df["patient"].tolist())
     without = [i for i in keys.values() if i not in with_rows]
@@ -169,11 +170,11 @@ def _discretize(ctx: ReadContext, desc: ModalityDesc, frames: list[pd.DataFrame]
     for k in np.flatnonzero(bad):
         r = df.iloc[k]
         if not np.isfinite(hours[k]):
-            fld, reason = "time", f"time {r['time']!r} is not a finite number of hours"
+            fld, reason = "time", f"time {shown(r['time'])} is not a finite number of hours"
         elif cont[k]:
-            fld, reason = r["variable"], f"value {r['value']!r} is not a finite number"
+            fld, reason = r["variable"], f"value {shown(r['value'])} is not a finite number"
         else:
-            fld, reason = r["variable"], (f"value {r['value']!r} is not one of the benchmark's categories "
+            fld, reason = r["variable"], (f"value {shown(r['value'])} is not one of the benchmark's categories "
                                           f"{S.CATEGORICAL_VALUES[r['variable']]}")
         ctx.problem(desc.name, int(r["patient"]), r["file"], int(r["row"]), fld, reason, "nan" if cont[k] or
                     fld == "time" else "unknown_category")
@@ -227,7 +228,7 @@ def read_tabular(ctx: ReadContext, desc: ModalityDesc) -> ModalityData:
     bad = ~np.isfinite(num) & ~empty_cell
     for i, j in zip(*np.nonzero(bad)):
         ctx.problem(desc.name, int(i), ctx.cohort.file, int(i) + 1, cols[j],
-                    f"value {raw.iat[i, j]!r} is not a finite number", "nan")
+                    f"value {shown(raw.iat[i, j])} is not a finite number", "nan")
     present[:] = ~empty_cell.all(axis=1)
     filled = int((empty_cell & present[:, None]).sum())
     if filled:

@@ -21,6 +21,7 @@ import pandas as pd
 from ..batch import KIND_GENOMICS
 from .base import ModalityData, ReadContext, empty
 from .descriptor import ModalityDesc, read_table
+from .problems import shown
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def read_genomics(ctx: ReadContext, desc: ModalityDesc, genes: list[str] | None)
         if key in seen:
             if i is not None:
                 ctx.problem(desc.name, i, rel, None if by_gene else pos + 1, None if by_gene else table.index.name,
-                            f"patient key {key!r} appears twice in the matrix", "duplicate_id")
+                            f"patient key {shown(key)} appears twice in the matrix", "duplicate_id")
             continue
         seen[key] = pos
         if i is not None:
@@ -94,15 +95,15 @@ def read_genomics(ctx: ReadContext, desc: ModalityDesc, genes: list[str] | None)
         if i is None:
             continue
         row, fld = (gj + 1, table.index[pos]) if by_gene else (pos + 1, site_genes[gj])
-        reason = (f"negative value {raw[pos, gj]!r} with log1p: true" if np.isfinite(num[pos, gj])
-                  else f"value {raw[pos, gj]!r} is not a finite number")
+        reason = (f"negative value {shown(raw[pos, gj])} with log1p: true" if np.isfinite(num[pos, gj])
+                  else f"value {shown(raw[pos, gj])} is not a finite number")
         ctx.problem(desc.name, i, rel, int(row), fld, reason, "nan")
     missing_keys = [k for k, i in keys.items() if i not in row_of]
     for k in missing_keys:
         i = keys[k]
         if desc.ref_column in ctx.cohort.table.columns:
             ctx.problem(desc.name, i, ctx.cohort.file, i + 1, desc.ref_column,
-                        f"key {k!r} is not in {rel}; fix the key or leave the cell empty", "missing_key")
+                        f"key {shown(k)} is not in {rel}; fix the key or leave the cell empty", "missing_key")
     if log1p:
         with np.errstate(invalid="ignore"):
             num = np.log1p(num)

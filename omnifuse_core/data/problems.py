@@ -12,6 +12,11 @@ from typing import Any, Iterator
 SCOPES = ("site", "row", "entry", "column")
 
 
+def shown(value: Any) -> str:
+    """A cell value quoted for a message: ``'NaN'``, never a Python repr such as ``np.str_('NaN')``."""
+    return "'" + str(value) + "'"
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem in a site's data.
