@@ -42,6 +42,8 @@ class Config:
     text_max_length: int = 128
     survival_bins: int = 4
     genomics_genes: str = ""  # gene order shared by all sites: comma-separated names or a file (one per line)
+    genomics_gene_policy: str = "union"  # without genomics-genes: union | intersection of the sites' genes
+    genomics_min_overlap: float = 0.5  # a site holding fewer of the shared genes than this fraction is refused
     val_fraction: float = 0.15  # used only when the cohort table has no split column
     test_fraction: float = 0.15
     split_seed: int = 0  # seed of the random split (no split column); apart from `seed`, which seeds the model
@@ -136,6 +138,7 @@ class Config:
             "prediction": ("joint", "heads", "both", "auto"),
             "accountant": ("prv", "rdp"),
             "dp_preflight": ("error", "warn", "off"),
+            "genomics_gene_policy": ("union", "intersection"),
             "dp_grad_sample_mode": ("hooks", "functorch"),
             "final_model": ("last", "best-val"),
             "imputation_reduction": ("sum", "mean"),

@@ -6,8 +6,10 @@ Alignment rule (so that every site yields the same shape and gene order):
 2. the gene list of the federated statistics (``combine_stats`` takes the sorted union of all sites' genes), else
 3. the site's own genes, sorted by name (local use only: other sites may differ).
 
-Genes of the list the site lacks are zero-filled after standardization (= the federated mean) and counted in the
-notes; genes not in the list are ignored and counted. With ``log1p: true`` values are transformed with
+Genes of the list the site lacks are filled with the federated mean (0 after standardization) and named in a
+logged note; genes not in the list are ignored and named too. ``genomics-gene-policy`` (union | intersection)
+chooses rule 2's shared list; a site holding fewer than ``genomics-min-overlap`` of the shared genes is a problem
+(e.g. gene symbols at one site, Ensembl ids at another). With ``log1p: true`` values are transformed with
 ``log(1 + x)`` first (negative values are then an error).
 """
 from __future__ import annotations
@@ -109,20 +111,57 @@ def read_genomics(ctx: ReadContext, desc: ModalityDesc, genes: list[str] | None)
             num = np.log1p(num)
     col_of = {g: j for j, g in enumerate(site_genes)}
     take = np.array([col_of.get(g, -1) for g in genes], dtype=int)
-    absent = int((take < 0).sum())
-    extra = len(set(site_genes) - set(genes))
-    if absent:
-        ctx.notes.append(f"{desc.name}: {absent} of {len(genes)} genes absent at this site (zero-filled)")
-    if extra:
-        ctx.notes.append(f"{desc.name}: {extra} gene(s) of {rel} are not in the shared gene list (ignored)")
+    _gene_notes(ctx, desc, rel, genes, site_genes, take)
     values, present = empty(n, (len(genes),))
     rows = sorted(row_of)
     if rows:
         block = num[[row_of[i] for i in rows]]
         aligned = np.where(take[None, :] >= 0, block[:, np.maximum(take, 0)], np.nan)
+        _fill_note(ctx, desc, rel, genes, np.isnan(aligned) & (take[None, :] >= 0))
         values[rows] = aligned.astype(np.float32)
         present[rows] = True
     return _data(desc, values, present, genes)
+
+
+def _names(names: list[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _gene_notes(ctx: ReadContext, desc: ModalityDesc, rel: str, genes: list[str], site_genes: list[str],
+                take: np.ndarray) -> None:
+    """Notes (also logged) naming the shared genes this site lacks and its genes outside the shared list; a site
+    holding fewer than ``genomics-min-overlap`` of the shared genes is a site-wide problem."""
+    absent = [g for g, t in zip(genes, take) if t < 0]
+    extra = sorted(set(site_genes) - set(genes))
+    notes = []
+    if absent:
+        notes.append(f"{desc.name}: {len(absent)} of {len(genes)} shared genes are not in {rel} ({_names(absent)}): "
+                     "filled with the federation mean (0 after standardization) for every patient here")
+    if extra:
+        notes.append(f"{desc.name}: {len(extra)} gene(s) of {rel} are not in the shared gene list ({_names(extra)}): "
+                     "ignored")
+    for note in notes:
+        ctx.notes.append(note)
+        log.warning("site %s: %s", ctx.site_dir.name, note)
+    held = 1.0 - len(absent) / len(genes) if genes else 1.0
+    minimum = float(getattr(ctx.cfg, "genomics_min_overlap", 0.0) or 0.0)
+    if genes and held < minimum:
+        ctx.problem(desc.name, None, rel, None, None,
+                    f"this site holds {held:.0%} of the {len(genes)} shared genes, below genomics-min-overlap = "
+                    f"{minimum:g}; check the gene identifiers (symbols vs Ensembl ids), pin genomics-genes, use "
+                    "genomics-gene-policy: intersection, or lower genomics-min-overlap", "gene_overlap")
+
+
+def _fill_note(ctx: ReadContext, desc: ModalityDesc, rel: str, genes: list[str], filled: np.ndarray) -> None:
+    """Count (and log) the empty expression cells that standardization fills with the federation mean."""
+    if not filled.any():
+        return
+    per_gene = filled.sum(axis=0)
+    worst = [f"{genes[j]} ({int(per_gene[j])})" for j in np.argsort(-per_gene, kind="stable") if per_gene[j]]
+    note = (f"{desc.name}: {int(filled.sum())} empty cell(s) in {rel} for {int(filled.any(axis=1).sum())} patient(s) "
+            f"filled with the federation mean (0 after standardization); by gene: {_names(worst)}")
+    ctx.notes.append(note)
+    log.warning("site %s: %s", ctx.site_dir.name, note)
 
 
 def _data(desc: ModalityDesc, values: np.ndarray, present: np.ndarray, genes: list[str]) -> ModalityData:

@@ -79,8 +79,20 @@ def stats_from_scan(scan, cfg: Config) -> dict:
     return out
 
 
-def combine_stats(parts: list[dict]) -> dict:
-    """Server side: add the sites' aggregates (features aligned by name; the union of names, sorted)."""
+GENE_POLICIES = ("union", "intersection")
+
+
+def combine_stats(parts: list[dict], *, gene_policy: str = "union") -> dict:
+    """Server side: add the sites' aggregates, features aligned by name.
+
+    Args:
+        parts: the sites' ``site_stats``.
+        gene_policy: when the sites' feature names differ, the shared list is their sorted ``union`` (a site lacking
+            a name has it missing) or their sorted ``intersection`` (names some site lacks are dropped everywhere).
+            Config key ``genomics-gene-policy``; a pinned ``genomics-genes`` list overrides both at the sites.
+    """
+    if gene_policy not in GENE_POLICIES:
+        raise ValueError(f"genomics-gene-policy {gene_policy!r} unknown; use one of {', '.join(GENE_POLICIES)}")
     parts = [p for p in parts if p]
     if not parts:
         raise ValueError("combine_stats needs at least one site's statistics")
@@ -93,13 +105,15 @@ def combine_stats(parts: list[dict]) -> dict:
         entries = [p["features"][name] for p in parts if name in p.get("features", {})]
         names = entries[0]["names"]
         if any(e["names"] != names for e in entries):
-            names = sorted({n for e in entries for n in e["names"]})
+            sets = [set(e["names"]) for e in entries]
+            names = sorted(set.union(*sets) if gene_policy == "union" else set.intersection(*sets))
         acc = {k: np.zeros(len(names)) for k in ("sum", "sumsq", "count")}
         pos = {n: j for j, n in enumerate(names)}
         for e in entries:
-            idx = [pos[n] for n in e["names"]]
+            keep = [k for k, n in enumerate(e["names"]) if n in pos]
+            idx = [pos[e["names"][k]] for k in keep]
             for k in acc:
-                np.add.at(acc[k], idx, np.asarray(e[k], dtype=np.float64))
+                np.add.at(acc[k], idx, np.asarray(e[k], dtype=np.float64)[keep])
         out["features"][name] = {"names": list(names), "sum": acc["sum"].tolist(), "sumsq": acc["sumsq"].tolist(),
                                  "count": acc["count"].astype(int).tolist()}
     hists = [np.asarray(p["survival"]["hist"]) for p in parts if "survival" in p]

@@ -149,7 +149,7 @@ def _from_sites(data: RunData, cfg: Config) -> None:
     model, _, meta = (None, None, None) if local else load_run_model(data.run_dir)
     stats = meta.get("stats") if meta else None
     if stats is None:  # the runners combine per-site sums and counts the same way
-        stats = combine_stats([site_stats(p, cfg) for p in data.sites_given])
+        stats = combine_stats([site_stats(p, cfg) for p in data.sites_given], gene_policy=cfg.genomics_gene_policy)
     loaded = []
     for path in data.sites_given:
         if local:
