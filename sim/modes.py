@@ -81,6 +81,11 @@ def _availability(sites: list[SiteData]) -> dict:
     return {s.name: {split: ds.modality_counts() for split, ds in s.splits.items()} for s in sites}
 
 
+def _notes(sites: list[SiteData]) -> dict[str, list[str]]:
+    """Each site's data notes (genes missing or extra, fills, unused modalities): what loading changed or ignored."""
+    return {s.name: list((s.report.summary if s.report else {}).get("notes", [])) for s in sites}
+
+
 def _model_state(model, sites: list[SiteData], extra: dict) -> dict:
     return {"specs": [s.to_dict() for s in model.specs], "task": model.task_spec.to_dict(),
             "prediction_mode": getattr(model, "prediction_mode", None), "fusion": model.cfg.fusion,
@@ -121,7 +126,7 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
         test = _site_metrics(model, sites, "test", cfg, device)
         pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
         rec.record_final({"global": weighted_global(test), "sites": test, "pooled": pooled, "split": "test",
-                          "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites},
+                          "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites}, "data_notes": _notes(sites),
                           "availability": _availability(sites), "final_model": cfg.final_model,
                           "model_round": model_round})
         dp.write()
@@ -169,7 +174,7 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
                 model_rounds[s.name], get_trainable(models[s.name]), state=_model_state(models[s.name], [s], {"mode": "local"}),
                 stats=s.stats))
         rec.record_final({"global": weighted_global(test), "sites": test, "split": "test",
-                          "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites},
+                          "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites}, "data_notes": _notes(sites),
                           "availability": _availability(sites), "final_model": cfg.final_model,
                           "model_round": model_rounds})
         dp.write()

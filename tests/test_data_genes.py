@@ -78,3 +78,24 @@ def test_empty_expression_cells_are_counted_where_they_are_filled(tmp_path):
     note = next(n for n in loaded.report.summary["notes"] if "empty cell" in n)
     assert "3 empty cell(s) in genomics.csv for 3 patient(s)" in note and f"{GENES[1]} (2), {GENES[5]} (1)" in note
     assert np.isfinite(loaded.train.inputs["genomics"].numpy()).all()
+
+
+def test_centralized_run_record_keeps_every_sites_data_notes(tmp_path):
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from omnifuse_cli.main import cli
+
+    fed = tmp_path / "fed"
+    a, b = make_site(fed, 16, name="a", seed=1), make_site(fed, 16, name="b", seed=2)
+    _edit_genes(b, drop=[GENES[3]])
+    (fed / "federation.yaml").write_text(yaml.safe_dump({"sites": ["a", "b"]}))
+    result = CliRunner().invoke(cli, ["-q", "train", "--mode", "centralized", "--config", "smoke", "--data", str(fed),
+                                      "--out", str(tmp_path / "run"), "--set", "modalities=ehr,genomics",
+                                      "--set", "rounds=1"])
+    assert result.exit_code == 0, result.output
+    notes = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]["data_notes"]
+    assert set(notes) == {"site_a", "site_b"} or set(notes) == {"a", "b"}
+    assert any(GENES[3] in n for site_notes in notes.values() for n in site_notes)
