@@ -41,6 +41,7 @@ class Config:
     text_model_path: str = ""  # local Hugging Face folder; "" = the bundled all-MiniLM-L6-v2
     text_max_length: int = 128
     survival_bins: int = 4
+    survival_loss: str = "nll"  # nll (discrete-time hazards) | cox (partial likelihood, risk sets within a batch)
     genomics_genes: str = ""  # gene order shared by all sites: comma-separated names or a file (one per line)
     genomics_gene_policy: str = "union"  # without genomics-genes: union | intersection of the sites' genes
     genomics_min_overlap: float = 0.5  # a site holding fewer of the shared genes than this fraction is refused
@@ -139,6 +140,7 @@ class Config:
             "accountant": ("prv", "rdp"),
             "dp_preflight": ("error", "warn", "off"),
             "genomics_gene_policy": ("union", "intersection"),
+            "survival_loss": ("nll", "cox"),
             "dp_grad_sample_mode": ("hooks", "functorch"),
             "final_model": ("last", "best-val"),
             "imputation_reduction": ("sum", "mean"),
@@ -163,6 +165,9 @@ class Config:
         if self.tla_noise_scale < 0 or not 0 < self.tla_epsilon_share < 1:
             raise ConfigError(f"config keys 'tla-noise-scale' must be >= 0 (0 = auto) and 'tla-epsilon-share' in (0, 1), "
                               f"got {self.tla_noise_scale} and {self.tla_epsilon_share}")
+        if self.dp and self.task == "survival" and self.survival_loss == "cox":
+            raise ConfigError("survival-loss: cox couples the patients of a batch (risk sets), so DP-SGD's per-sample "
+                              "clipping would not bound one patient's influence; use survival-loss: nll with dp: true")
         if self.dp and not (0 < self.delta < 1):
             raise ConfigError(f"config key 'delta' must lie in (0, 1), got {self.delta}")
         return self

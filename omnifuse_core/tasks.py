@@ -128,5 +128,47 @@ class SurvivalTask(Task):
         return -torch.cumprod(1 - prob, dim=1).sum(dim=1)  # risk: higher = earlier event
 
 
-def build_task(spec: TaskSpec) -> Task:
+def cox_partial_nll(eta: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    """Per-patient ``log Σ_{j: t_j ≥ t_i} exp(η_j) − η_i`` (Breslow ties) over the given patients; multiply by the
+    event indicator for the partial-likelihood terms (censored patients contribute only through risk sets)."""
+    at_risk = time[None, :] >= time[:, None]  # [i, j]: j is at risk at t_i
+    log_denom = torch.logsumexp(eta[None, :].masked_fill(~at_risk, float("-inf")), dim=1)
+    return log_denom - eta
+
+
+class CoxSurvivalTask(SurvivalTask):
+    """Cox partial likelihood on the model's risk score, with risk sets within the batch (``survival-loss: cox``).
+
+    The risk score η is the discrete-time model's own ``score`` (minus the expected number of survived bins), so
+    predictions, the C-index and everything downstream are unchanged; only the training loss differs. For patient
+    i with an event, the term is ``log Σ_{j in R_i} exp(η_j) − η_i`` with ``R_i = {j in the batch: t_j ≥ t_i}``
+    (Breslow ties); censored patients add 0 but sit in the others' risk sets. The batch mean is the loss, as in
+    DeepSurv-style mini-batch training; in a federation a risk set never leaves a site's batch. Terms couple the
+    patients of a batch, so DP-SGD's per-sample clipping would not bound one patient's influence: ``dp: true`` with
+    ``survival-loss: cox`` is refused (config validation).
+    """
+
+    def _cox(self, logits, labels):
+        event = labels[:, 1].float()
+        return event, cox_partial_nll(self.score(self.to_prob(logits)), labels[:, 0], event)
+
+    def elementwise_loss(self, logits, labels):
+        event, nll = self._cox(logits, labels)
+        return (event * nll)[:, None]
+
+    def p_true(self, logits, labels):
+        """``exp(η_i) / Σ_{R_i} exp(η_j)``: the partial-likelihood share of i in its risk set, in (0, 1]."""
+        _, nll = self._cox(logits, labels)
+        return torch.exp(-nll).clamp(_EPS, 1.0)[:, None]
+
+
+SURVIVAL_LOSSES = {"nll": SurvivalTask, "cox": CoxSurvivalTask}
+
+
+def build_task(spec: TaskSpec, survival_loss: str = "nll") -> Task:
+    """The task of ``spec``; for survival, ``survival_loss`` picks the discrete-time NLL or the Cox loss."""
+    if spec.kind == "survival":
+        if survival_loss not in SURVIVAL_LOSSES:
+            raise ValueError(f"survival-loss {survival_loss!r} unknown; use one of {', '.join(SURVIVAL_LOSSES)}")
+        return SURVIVAL_LOSSES[survival_loss](spec)
     return TASKS.get(spec.kind)(spec)

@@ -31,7 +31,7 @@ class FusionModel(nn.Module):
         self.specs = list(specs)
         self.names = [s.name for s in self.specs]
         self.task_spec = task
-        self.task = build_task(task)
+        self.task = build_task(task, cfg.survival_loss)
         self.cfg = cfg
         self.encoders = nn.ModuleDict({s.name: build_encoder(s, cfg) for s in self.specs})
 
