@@ -99,3 +99,11 @@ def test_centralized_run_record_keeps_every_sites_data_notes(tmp_path):
     notes = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]["data_notes"]
     assert set(notes) == {"site_a", "site_b"} or set(notes) == {"a", "b"}
     assert any(GENES[3] in n for site_notes in notes.values() for n in site_notes)
+
+
+def test_few_test_events_are_warned_about(tmp_path, caplog):
+    site = make_site(tmp_path, 8, name="a")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_site(site, CFG.replace(task="survival"))
+    assert any("test split has" in n and "(< 10)" in n for n in loaded.report.summary["notes"])
+    assert "this site's own test metric is mostly noise" in caplog.text

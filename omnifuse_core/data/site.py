@@ -102,8 +102,29 @@ def load_site(path: str | Path, cfg: Config, *, stats: dict | None = None,
     split = scan.cohort.split[rows]
     parts = {s: full.subset(np.flatnonzero(split == s)) for s in ("train", "val", "test")}
     log.info("site %s: %s", scan.desc.name, {s: len(d) for s, d in parts.items()})
+    _few_events_note(scan.desc.name, task, parts["test"], report)
     return SiteData(scan.desc.name, site_dir, specs, task, parts["train"], parts["val"], parts["test"], skipped,
                     fingerprint(scan), stats, report)
+
+
+MIN_TEST_EVENTS = 10
+
+
+def _few_events_note(site: str, task: TaskSpec, test: MultimodalDataset, report) -> None:
+    """Warn (and note in the report) when the test split has fewer than ``MIN_TEST_EVENTS`` events (survival) or
+    positives (binary): the site's own test metric is then mostly noise."""
+    if task.kind not in ("binary", "survival") or not len(test):
+        return
+    y = test.labels.numpy()
+    events = int((y[:, 1] > 0).sum()) if task.kind == "survival" else int((y.reshape(-1) > 0.5).sum())
+    if events >= MIN_TEST_EVENTS:
+        return
+    what = "events" if task.kind == "survival" else "positive patients"
+    note = (f"the test split has {events} {what} among {len(test)} patients (< {MIN_TEST_EVENTS}): this site's own "
+            "test metric is mostly noise; read the pooled or federation-wide metric, or use a larger test-fraction")
+    log.warning("site %s: %s", site, note)
+    if report is not None:
+        report.summary.setdefault("notes", []).append(note)
 
 
 def fingerprint(scan: SiteScan) -> str:
