@@ -207,8 +207,9 @@ def run_train(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_js
 
 
 def run_evaluate(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_json: str, task_json: str,
-                 node: NodeSite, split: str, prediction_mode: str = "") -> dict[str, float]:
-    """Metrics of the global model on this site's ``val`` or ``test`` split (numbers only)."""
+                 node: NodeSite, split: str, prediction_mode: str = "") -> dict[str, Any]:
+    """Metrics of the global model on this site's ``val`` or ``test`` split (numbers; on test, binary task, also
+    the patients per score bin, omnifuse_core.pooled)."""
     from omnifuse_core.trainer import evaluate, resolve_device
 
     if split not in ("val", "test"):
@@ -217,8 +218,10 @@ def run_evaluate(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs
     set_trainable(model, global_w)
     if prediction_mode and hasattr(model, "prediction_mode"):
         model.prediction_mode = prediction_mode
-    metrics = evaluate(model, getattr(site, split), cfg, device=resolve_device(node.device))
-    return P.prefixed("", metrics)
+    metrics = evaluate(model, getattr(site, split), cfg, device=resolve_device(node.device),
+                       score_bins=cfg.score_bins if split == "test" else 0)
+    hists = {k: [int(c) for c in metrics.pop(k)] for k in (P.HIST_POS, P.HIST_NEG) if k in metrics}
+    return {**P.prefixed("", metrics), **hists}  # the test histogram: counts per score bin, for the pooled AUROC
 
 
 def _jsonable(obj: Any) -> Any:

@@ -103,6 +103,7 @@ class Config:
     server_lr: float = 0.01
     trim_fraction: float = 0.2
     max_update_norm: float = 1e4
+    score_bins: int = 1000  # binary test: score bins a site counts its patients in, for the pooled AUROC (final.pooled_binned)
     data_root: str = ""  # simulation: partition-id -> site folder listed in DATA_ROOT/federation.yaml
     run_dir: str = ""  # absolute output folder for server-side artefacts
 
@@ -153,7 +154,7 @@ class Config:
         if len(set(self.modality_list)) != len(self.modality_list):
             raise ConfigError(f"config key 'modalities' repeats a name: {self.modalities!r}")
         for key in ("batch_size", "local_epochs", "embed_dim", "cra_blocks", "rounds", "min_sites",
-                    "min_train_replies", "tla_min_samples"):
+                    "min_train_replies", "tla_min_samples", "score_bins"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key '{_ext(key)}' must be >= 1, got {getattr(self, key)}")
         if not self.round_timeout > 0:

@@ -41,6 +41,8 @@ SPECS_JSON = "specs-json"
 TASK_JSON = "task-json"
 TRACE_JSON = "trace-json"  # e.g. {"lazy": [["ehr", "image"], ...]} per local epoch
 FINGERPRINT = "fingerprint"
+HIST_POS = "hist.pos"  # evaluate reply (test, binary): positives per score bin (counts only, never scores)
+HIST_NEG = "hist.neg"  # ... and negatives per score bin
 DECLARED_JSON = "declared-json"  # stats reply: the modality names the site's site.yaml declares (names only)
 
 # --- metric key prefixes (client -> server, numbers) -----------------------------------------------------------

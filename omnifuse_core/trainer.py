@@ -10,7 +10,7 @@ import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ from .batch import MultimodalDataset, batch_to, to_batch
 from .config import Config
 from .metrics import best_prediction_mode, compute_metrics, headline_metric
 from .models.base import FusionModel
+from .pooled import score_histogram
+from .protocol import HIST_NEG, HIST_POS
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +189,15 @@ def predict(model: FusionModel, ds: MultimodalDataset, cfg: Config, *,
 
 
 def evaluate(model: FusionModel, ds: MultimodalDataset, cfg: Config, *,
-             device: Optional[torch.device] = None) -> dict[str, float]:
-    """Metrics of the configured prediction on ``ds``, plus the headline metric of every prediction mode."""
+             device: Optional[torch.device] = None, score_bins: int = 0) -> dict[str, Any]:
+    """Metrics of the configured prediction on ``ds``, plus the headline metric of every prediction mode; with
+    ``score_bins`` and a binary task also ``hist.pos``/``hist.neg``: patients per score bin (omnifuse_core.pooled)."""
     task = model.task_spec.kind
     out = predict(model, ds, cfg, device=device)
     labels = ds.labels.numpy()
-    metrics = compute_metrics(task, labels, out["score"]) if len(ds) else {"n": 0}
+    metrics: dict[str, Any] = compute_metrics(task, labels, out["score"]) if len(ds) else {"n": 0}
+    if score_bins and task == "binary":
+        metrics[HIST_POS], metrics[HIST_NEG] = score_histogram(labels, out["score"], score_bins)
     head = headline_metric(task)
     for mode in ("joint", "heads", "both"):
         if mode in out and len(ds):

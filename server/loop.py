@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 from omnifuse_core import protocol as P
 from omnifuse_core.config import Config
 from omnifuse_core.metrics import best_prediction_mode, headline_metric
+from omnifuse_core.pooled import pooled_entry
 from omnifuse_core.selection import RoundSelection
 
 from .checkpoint import Checkpoint, load_latest, load_round, point_final, save_checkpoint
@@ -115,7 +116,8 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
         point_final(rec.checkpoints, final_round)
     rec.record_final({"global": glob, "sites": strategy.eval_sites, "split": "test",
                       "prediction_mode": mode or None, "rounds": cfg.rounds, "final_model": cfg.final_model,
-                      "model_round": final_round, "seconds": round(time.monotonic() - t0, 2)})
+                      "model_round": final_round, "seconds": round(time.monotonic() - t0, 2),
+                      **pooled_entry(list(strategy.eval_hists.values()), cfg.score_bins, cfg.seed)})
     log.info("final test %s = %s (model of round %d); metrics in %s", head, glob.get(head), final_round, rec.path)
 
 

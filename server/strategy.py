@@ -52,6 +52,7 @@ class OmniFuseStrategy(FedAvg):
         self.train_sites: dict[str, dict] = {}
         self.train_info: dict[str, dict] = {}
         self.eval_sites: dict[str, dict] = {}
+        self.eval_hists: dict[str, tuple[list[int], list[int]]] = {}  # site -> test patients per score bin (pos, neg)
         self.rejected: dict[str, str] = {}
         self.missing: dict[str, str] = {}  # site -> why it contributed no update this round
         self._sampled: list[int] = []
@@ -149,7 +150,7 @@ class OmniFuseStrategy(FedAvg):
     # --- evaluate ------------------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        self.eval_sites = {}
+        self.eval_sites, self.eval_hists = {}, {}
         self._out, self._sent_to = list(super().configure_evaluate(server_round, arrays, config, grid)), None
         return self._out
 
@@ -162,9 +163,11 @@ class OmniFuseStrategy(FedAvg):
             if P.METRICS not in msg.content.metric_records:
                 log.warning("evaluation reply from site '%s' has no metrics record; ignored", site)
                 continue
+            record = msg.content.metric_records[P.METRICS]
             self.eval_sites[site] = {k: (int(v) if k == P.COUNT_N else float(v))
-                                     for k, v in msg.content.metric_records[P.METRICS].items()
-                                     if isinstance(v, (int, float))}
+                                     for k, v in record.items() if isinstance(v, (int, float))}
+            if P.HIST_POS in record and P.HIST_NEG in record:
+                self.eval_hists[site] = (list(record[P.HIST_POS]), list(record[P.HIST_NEG]))
         self.eval_sites = dict(sorted(self.eval_sites.items()))
         if not self.eval_sites:
             return None

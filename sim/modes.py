@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import yaml
 
+from omnifuse_core import protocol as P
 from omnifuse_core.batch import MultimodalDataset
 from omnifuse_core.config import Config
 from omnifuse_core.data.declared import check_declared
@@ -29,6 +30,7 @@ from omnifuse_core.data.site import SiteData, load_site
 from omnifuse_core.data.stats import combine_stats, site_stats
 from omnifuse_core.metrics import headline_metric
 from omnifuse_core.models import build_model
+from omnifuse_core.pooled import pooled_entry
 from omnifuse_core.provenance import run_provenance
 from omnifuse_core.selection import RoundSelection, load_selected, offer_model
 from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
@@ -96,6 +98,19 @@ def _site_metrics(model, sites: list[SiteData], split: str, cfg: Config, device)
     return {s.name: evaluate(model, s.splits[split], cfg, device=device) for s in sites if len(s.splits[split])}
 
 
+def _test_metrics(model_of: Callable[[str], object], sites: list[SiteData], cfg: Config, device) -> tuple[dict, dict]:
+    """``(per-site test metrics, final.pooled_binned entry)``: the sites' score-bin counts added as a federation
+    would (omnifuse_core.pooled), so every mode records the same pooled metric."""
+    test, hists = {}, []
+    for s in sites:
+        if len(s.test):
+            m = evaluate(model_of(s.name), s.test, cfg, device=device, score_bins=cfg.score_bins)
+            if P.HIST_POS in m:
+                hists.append((m.pop(P.HIST_POS), m.pop(P.HIST_NEG)))
+            test[s.name] = m
+    return test, pooled_entry(hists, cfg.score_bins, cfg.seed)
+
+
 def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable[[int], None]] = None) -> Path:
     """Pool all sites' training data and train one model; returns the run directory."""
     set_seed(cfg.seed)
@@ -123,12 +138,12 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
         model_round = load_selected(selection, model, cfg.rounds)
         pooled_val = evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg, device=device)
         mode = choose_prediction_mode(model, pooled_val)
-        test = _site_metrics(model, sites, "test", cfg, device)
+        test, binned = _test_metrics(lambda name: model, sites, cfg, device)
         pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
         rec.record_final({"global": weighted_global(test), "sites": test, "pooled": pooled, "split": "test",
                           "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites}, "data_notes": _notes(sites),
                           "availability": _availability(sites), "final_model": cfg.final_model,
-                          "model_round": model_round})
+                          "model_round": model_round, **binned})
         dp.write()
         save_checkpoint(rec.checkpoints, Checkpoint(model_round, get_trainable(model),
                                                     state=_model_state(model, sites, {"mode": "centralized"}),
@@ -164,16 +179,15 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
                               "trace": traces, "seconds": time.perf_counter() - start})
             if progress:
                 progress(rnd)
-        test, modes, model_rounds = {}, {}, {}
+        modes, model_rounds = {}, {}
         for s in sites:
             model_rounds[s.name] = load_selected(selections[s.name], models[s.name], cfg.rounds)
             modes[s.name] = choose_prediction_mode(models[s.name], evaluate(models[s.name], s.val, cfg, device=device))
-            if len(s.test):
-                test[s.name] = evaluate(models[s.name], s.test, cfg, device=device)
             save_checkpoint(rec.checkpoints / s.name, Checkpoint(
                 model_rounds[s.name], get_trainable(models[s.name]), state=_model_state(models[s.name], [s], {"mode": "local"}),
                 stats=s.stats))
-        rec.record_final({"global": weighted_global(test), "sites": test, "split": "test",
+        test, binned = _test_metrics(models.__getitem__, sites, cfg, device)
+        rec.record_final({"global": weighted_global(test), "sites": test, "split": "test", **binned,
                           "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites}, "data_notes": _notes(sites),
                           "availability": _availability(sites), "final_model": cfg.final_model,
                           "model_round": model_rounds})

@@ -94,6 +94,10 @@ def render_model_card(data: RunData) -> str:
     lines += [f"| {s} | {v.get('n', '–')} | {_f(v.get(head))} |" for s, v in sites.items()]
     lines.append(f"| **global (sample-weighted)** | {(final.get('global') or {}).get('n', '–')} | "
                  f"{_f((final.get('global') or {}).get(head))} |")
+    pb = final.get("pooled_binned")
+    if pb:
+        lines.append(f"| **pooled (all test patients, from binned counts)** | {pb['n']} | {_f(pb['auroc'])} "
+                     f"(95 % CI {_f(pb['auroc_ci_low'])}–{_f(pb['auroc_ci_high'])}) |")
     fair = fairness(sites, head)
     lines += ["", "## Fairness of performance across sites", ""]
     if fair:

@@ -44,6 +44,11 @@ def overview(d: RunData) -> Section:
             ["headline metric", d.headline], [f"final {d.headline} (global, {final.get('split', 'test')})",
                                               (final.get("global") or {}).get(d.headline)],
             ["prediction mode", json_text(final.get("prediction_mode"))], ["config digest", m.get("config_digest")]]
+    pb = final.get("pooled_binned")
+    if pb:
+        rows.insert(8, [f"final auroc (all sites' test patients pooled, {pb.get('bins')} score bins)",
+                        f"{pb['auroc']:.4f} (95 % bootstrap {pb['auroc_ci_low']:.3f}–{pb['auroc_ci_high']:.3f}; "
+                        f"binning error ≤ {pb['auroc_binning_error_max']:.4f}; n = {pb['n']})"])
     sites = final.get("sites") or {}
     keys = [k for k in (d.headline, "auprc", "accuracy", "brier", "ece", "c_index", "n")
             if any(k in v for v in sites.values())]
