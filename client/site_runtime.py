@@ -219,9 +219,9 @@ def run_evaluate(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs
     if prediction_mode and hasattr(model, "prediction_mode"):
         model.prediction_mode = prediction_mode
     metrics = evaluate(model, getattr(site, split), cfg, device=resolve_device(node.device),
-                       score_bins=cfg.score_bins if split == "test" else 0)
-    hists = {k: [int(c) for c in metrics.pop(k)] for k in (P.HIST_POS, P.HIST_NEG) if k in metrics}
-    return {**P.prefixed("", metrics), **hists}  # the test histogram: counts per score bin, for the pooled AUROC
+                       pooled=split == "test")
+    counts = {k: list(metrics.pop(k)) for k in P.POOLED_KEYS if k in metrics}
+    return {**P.prefixed("", metrics), **counts}  # test: the counts of the pooled metric (omnifuse_core.pooled)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -104,6 +104,7 @@ class Config:
     trim_fraction: float = 0.2
     max_update_norm: float = 1e4
     score_bins: int = 1000  # binary test: score bins a site counts its patients in, for the pooled AUROC (final.pooled_binned)
+    bootstrap_reps: int = 200  # survival test: bootstrap resamples per site for the pooled C-index interval (0 = none)
     data_root: str = ""  # simulation: partition-id -> site folder listed in DATA_ROOT/federation.yaml
     run_dir: str = ""  # absolute output folder for server-side artefacts
 
@@ -157,6 +158,8 @@ class Config:
                     "min_train_replies", "tla_min_samples", "score_bins"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key '{_ext(key)}' must be >= 1, got {getattr(self, key)}")
+        if self.bootstrap_reps < 0:
+            raise ConfigError(f"config key 'bootstrap-reps' must be >= 0 (0 = no interval), got {self.bootstrap_reps}")
         if not self.round_timeout > 0:
             raise ConfigError(f"config key 'round-timeout' must be > 0 seconds, got {self.round_timeout}")
         if not 0.0 <= self.hide_prob <= 1.0:

@@ -93,3 +93,50 @@ def pooled_entry(hists: Sequence[tuple[Sequence[int], Sequence[int]]], bins: int
     if not hists:
         return {}
     return {"pooled_binned": {**pooled_metrics(hists, seed=seed), "bins": int(bins)}}
+
+
+# --- survival: concordance stratified by site ----------------------------------------------------------------
+# Cross-site pairs would need each site's (time, event, risk) distribution, close to coarsened patient rows, so the
+# pooled C-index is stratified by site (as R's survival::concordance with strata): every site counts, on its test
+# split, the concordant pairs (ties ½) and the comparable pairs of Harrell's C; the server adds them. For the
+# interval each site also counts them in ``reps`` bootstrap resamples of its own test patients (a site-stratified
+# bootstrap): index 0 of each list is the estimate, 1.. the replicates. Only these 2·(reps+1) numbers leave a site.
+
+def concordance_counts(time, event, risk, *, reps: int = 0, seed: int = 0) -> tuple[list[float], list[float]]:
+    """``(concordant, comparable)`` pair counts of Harrell's C (the definition of metrics.concordance_index): for the
+    patients as given (index 0) and for ``reps`` bootstrap resamples of them (multiplicity weights)."""
+    time, event, risk = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (time, event, risk))
+    n = time.shape[0]
+    rng = np.random.default_rng(seed)
+    w = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=reps)]) if n else np.zeros((reps + 1, 0))
+    num, den = np.zeros(reps + 1), np.zeros(reps + 1)
+    for i in np.flatnonzero(event > 0):
+        later = time > time[i]
+        if not later.any():
+            continue
+        score = (risk[i] > risk[later]) + 0.5 * (risk[i] == risk[later])
+        wl = w[:, later]
+        num += w[:, i] * (wl @ score)
+        den += w[:, i] * wl.sum(axis=1)
+    return num.tolist(), den.tolist()
+
+
+def pooled_concordance(counts: Sequence[tuple[Sequence[float], Sequence[float]]], *, level: float = 0.95) -> dict:
+    """The sites' counts added: ``c_index`` (stratified by site), its site-stratified bootstrap interval, and the
+    number of comparable pairs."""
+    sizes = {len(c) for pair in counts for c in pair}
+    if len(sizes) != 1:
+        raise ValueError(f"concordance counts have different replicate counts {sorted(sizes)}; use one bootstrap-reps")
+    num = np.sum([np.asarray(c, dtype=np.float64) for c, _ in counts], axis=0)
+    den = np.sum([np.asarray(d, dtype=np.float64) for _, d in counts], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    reps = c[1:][np.isfinite(c[1:])]
+    lo, hi = (np.percentile(reps, [50 * (1 - level), 50 * (1 + level)]) if reps.size else (np.nan, np.nan))
+    return {"c_index": float(c[0]), "c_index_ci_low": float(lo), "c_index_ci_high": float(hi),
+            "comparable_pairs": float(den[0]), "stratified_by": "site", "bootstrap_reps": int(num.size - 1)}
+
+
+def pooled_survival_entry(counts: Sequence[tuple[Sequence[float], Sequence[float]]]) -> dict:
+    """``{"pooled_stratified": {...}}`` for a run's ``final`` entry (empty without counts)."""
+    return {"pooled_stratified": pooled_concordance(counts)} if counts else {}

@@ -43,6 +43,9 @@ TRACE_JSON = "trace-json"  # e.g. {"lazy": [["ehr", "image"], ...]} per local ep
 FINGERPRINT = "fingerprint"
 HIST_POS = "hist.pos"  # evaluate reply (test, binary): positives per score bin (counts only, never scores)
 HIST_NEG = "hist.neg"  # ... and negatives per score bin
+CONC_NUM = "conc.num"  # evaluate reply (test, survival): concordant pairs [estimate, bootstrap replicates...]
+CONC_DEN = "conc.den"  # ... and comparable pairs
+POOLED_KEYS = (HIST_POS, HIST_NEG, CONC_NUM, CONC_DEN)  # list-valued counts, never per-site metrics
 DECLARED_JSON = "declared-json"  # stats reply: the modality names the site's site.yaml declares (names only)
 
 # --- metric key prefixes (client -> server, numbers) -----------------------------------------------------------

@@ -20,8 +20,8 @@ from .batch import MultimodalDataset, batch_to, to_batch
 from .config import Config
 from .metrics import best_prediction_mode, compute_metrics, headline_metric
 from .models.base import FusionModel
-from .pooled import score_histogram
-from .protocol import HIST_NEG, HIST_POS
+from .pooled import concordance_counts, score_histogram
+from .protocol import CONC_DEN, CONC_NUM, HIST_NEG, HIST_POS
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +189,19 @@ def predict(model: FusionModel, ds: MultimodalDataset, cfg: Config, *,
 
 
 def evaluate(model: FusionModel, ds: MultimodalDataset, cfg: Config, *,
-             device: Optional[torch.device] = None, score_bins: int = 0) -> dict[str, Any]:
+             device: Optional[torch.device] = None, pooled: bool = False) -> dict[str, Any]:
     """Metrics of the configured prediction on ``ds``, plus the headline metric of every prediction mode; with
-    ``score_bins`` and a binary task also ``hist.pos``/``hist.neg``: patients per score bin (omnifuse_core.pooled)."""
+    ``pooled`` also the counts a pooled test metric adds across sites (omnifuse_core.pooled): binary, patients per
+    score bin (``hist.pos``/``hist.neg``); survival, concordant and comparable pairs (``conc.num``/``conc.den``)."""
     task = model.task_spec.kind
     out = predict(model, ds, cfg, device=device)
     labels = ds.labels.numpy()
     metrics: dict[str, Any] = compute_metrics(task, labels, out["score"]) if len(ds) else {"n": 0}
-    if score_bins and task == "binary":
-        metrics[HIST_POS], metrics[HIST_NEG] = score_histogram(labels, out["score"], score_bins)
+    if pooled and task == "binary" and len(ds):
+        metrics[HIST_POS], metrics[HIST_NEG] = score_histogram(labels, out["score"], cfg.score_bins)
+    elif pooled and task == "survival" and len(ds):
+        metrics[CONC_NUM], metrics[CONC_DEN] = concordance_counts(labels[:, 0], labels[:, 1], out["score"],
+                                                                  reps=cfg.bootstrap_reps, seed=cfg.seed)
     head = headline_metric(task)
     for mode in ("joint", "heads", "both"):
         if mode in out and len(ds):

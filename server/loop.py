@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from omnifuse_core import protocol as P
 from omnifuse_core.config import Config
 from omnifuse_core.metrics import best_prediction_mode, headline_metric
-from omnifuse_core.pooled import pooled_entry
+from omnifuse_core.pooled import pooled_entry, pooled_survival_entry
 from omnifuse_core.selection import RoundSelection
 
 from .checkpoint import Checkpoint, load_latest, load_round, point_final, save_checkpoint
@@ -117,7 +117,8 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
     rec.record_final({"global": glob, "sites": strategy.eval_sites, "split": "test",
                       "prediction_mode": mode or None, "rounds": cfg.rounds, "final_model": cfg.final_model,
                       "model_round": final_round, "seconds": round(time.monotonic() - t0, 2),
-                      **pooled_entry(list(strategy.eval_hists.values()), cfg.score_bins, cfg.seed)})
+                      **pooled_entry(list(strategy.eval_hists.values()), cfg.score_bins, cfg.seed),
+                      **pooled_survival_entry(list(strategy.eval_conc.values()))})
     log.info("final test %s = %s (model of round %d); metrics in %s", head, glob.get(head), final_round, rec.path)
 
 

@@ -53,6 +53,7 @@ class OmniFuseStrategy(FedAvg):
         self.train_info: dict[str, dict] = {}
         self.eval_sites: dict[str, dict] = {}
         self.eval_hists: dict[str, tuple[list[int], list[int]]] = {}  # site -> test patients per score bin (pos, neg)
+        self.eval_conc: dict[str, tuple[list[float], list[float]]] = {}  # site -> concordant, comparable test pairs
         self.rejected: dict[str, str] = {}
         self.missing: dict[str, str] = {}  # site -> why it contributed no update this round
         self._sampled: list[int] = []
@@ -150,7 +151,7 @@ class OmniFuseStrategy(FedAvg):
     # --- evaluate ------------------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        self.eval_sites, self.eval_hists = {}, {}
+        self.eval_sites, self.eval_hists, self.eval_conc = {}, {}, {}
         self._out, self._sent_to = list(super().configure_evaluate(server_round, arrays, config, grid)), None
         return self._out
 
@@ -168,6 +169,8 @@ class OmniFuseStrategy(FedAvg):
                                      for k, v in record.items() if isinstance(v, (int, float))}
             if P.HIST_POS in record and P.HIST_NEG in record:
                 self.eval_hists[site] = (list(record[P.HIST_POS]), list(record[P.HIST_NEG]))
+            if P.CONC_NUM in record and P.CONC_DEN in record:
+                self.eval_conc[site] = (list(record[P.CONC_NUM]), list(record[P.CONC_DEN]))
         self.eval_sites = dict(sorted(self.eval_sites.items()))
         if not self.eval_sites:
             return None

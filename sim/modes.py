@@ -30,7 +30,7 @@ from omnifuse_core.data.site import SiteData, load_site
 from omnifuse_core.data.stats import combine_stats, site_stats
 from omnifuse_core.metrics import headline_metric
 from omnifuse_core.models import build_model
-from omnifuse_core.pooled import pooled_entry
+from omnifuse_core.pooled import pooled_entry, pooled_survival_entry
 from omnifuse_core.provenance import run_provenance
 from omnifuse_core.selection import RoundSelection, load_selected, offer_model
 from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
@@ -101,14 +101,16 @@ def _site_metrics(model, sites: list[SiteData], split: str, cfg: Config, device)
 def _test_metrics(model_of: Callable[[str], object], sites: list[SiteData], cfg: Config, device) -> tuple[dict, dict]:
     """``(per-site test metrics, final.pooled_binned entry)``: the sites' score-bin counts added as a federation
     would (omnifuse_core.pooled), so every mode records the same pooled metric."""
-    test, hists = {}, []
+    test, hists, conc = {}, [], []
     for s in sites:
         if len(s.test):
-            m = evaluate(model_of(s.name), s.test, cfg, device=device, score_bins=cfg.score_bins)
+            m = evaluate(model_of(s.name), s.test, cfg, device=device, pooled=True)
             if P.HIST_POS in m:
                 hists.append((m.pop(P.HIST_POS), m.pop(P.HIST_NEG)))
+            if P.CONC_NUM in m:
+                conc.append((m.pop(P.CONC_NUM), m.pop(P.CONC_DEN)))
             test[s.name] = m
-    return test, pooled_entry(hists, cfg.score_bins, cfg.seed)
+    return test, {**pooled_entry(hists, cfg.score_bins, cfg.seed), **pooled_survival_entry(conc)}
 
 
 def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable[[int], None]] = None) -> Path:

@@ -6,8 +6,9 @@ from hypothesis import given, settings, strategies as st
 from sklearn.metrics import roc_auc_score
 
 from grid_fakes import DirectGrid, task_identity  # noqa: F401 (autouse fixture: messages outside a runtime)
-from omnifuse_core.pooled import (add_histograms, binned_auroc, binning_error_bound, pooled_metrics,
-                                  score_histogram)
+from omnifuse_core.metrics import concordance_index
+from omnifuse_core.pooled import (add_histograms, binned_auroc, binning_error_bound, concordance_counts,
+                                  pooled_concordance, pooled_metrics, score_histogram)
 
 
 @settings(max_examples=40, deadline=None)
@@ -48,6 +49,40 @@ def test_pooled_metrics_interval_covers_the_estimate():
     assert np.isnan(pooled_metrics([score_histogram([0, 0], [0.1, 0.2])])["auroc"])
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 60), seed=st.integers(0, 10_000))
+def test_concordance_counts_give_harrells_c_and_add_across_sites(n, seed):
+    rng = np.random.default_rng(seed)
+    t, e = rng.integers(1, 10, n).astype(float), rng.random(n) < 0.6
+    r = np.round(rng.normal(size=n) - 0.1 * t, 1)  # rounded: ties in risk and time occur
+    num, den = concordance_counts(t, e, r)
+    exact = concordance_index(t, e, r)
+    assert (den[0] == 0 and np.isnan(exact)) or num[0] / den[0] == pytest.approx(exact)
+    k = n // 2  # two "sites": the pooled C is the within-site pairs added (stratified by site)
+    a, b = concordance_counts(t[:k], e[:k], r[:k]), concordance_counts(t[k:], e[k:], r[k:])
+    pooled = pooled_concordance([a, b])
+    total = a[1][0] + b[1][0]
+    assert pooled["comparable_pairs"] == total
+    if total:
+        assert pooled["c_index"] == pytest.approx((a[0][0] + b[0][0]) / total)
+
+
+def test_site_stratified_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    sites = []
+    for k, n in enumerate((150, 90, 40)):
+        t = rng.exponential(5, n)
+        e = rng.random(n) < 0.7
+        sites.append(concordance_counts(t, e, -t + rng.normal(0, 3, n), reps=200, seed=k))
+    m = pooled_concordance(sites)
+    assert m["bootstrap_reps"] == 200 and m["c_index_ci_low"] < m["c_index"] < m["c_index_ci_high"]
+    assert 0.6 < m["c_index"] < 0.95 and m["c_index_ci_high"] - m["c_index_ci_low"] < 0.2
+    assert concordance_counts(*(np.arange(3.0),) * 3, reps=5, seed=3) == concordance_counts(
+        *(np.arange(3.0),) * 3, reps=5, seed=3)  # a site's replicates are reproducible
+    with pytest.raises(ValueError, match="one bootstrap-reps"):
+        pooled_concordance([sites[0], concordance_counts([1.0], [1], [0.0], reps=3)])
+
+
 def test_federated_and_reference_runs_record_the_pooled_binned_auroc(tmp_path):
     """A Flower-loop run (in-process grid) and a centralized run write final.pooled_binned: the binned AUROC with
     its interval, from counts only; in the centralized run it matches the exact pooled AUROC within its bound."""
@@ -84,3 +119,39 @@ def test_federated_and_reference_runs_record_the_pooled_binned_auroc(tmp_path):
     assert result.exit_code == 0, result.output
     assert "pooled (all test patients, from binned counts)" in (tmp_path / "c" / "model_card.md").read_text()
     assert "test patients pooled, 1000 score bins" in (tmp_path / "c" / "report.html").read_text()
+
+
+def test_survival_runs_record_the_site_stratified_pooled_c_index(tmp_path):
+    """Federated (in-process grid) and local runs on a survival task write final.pooled_stratified: the C-index
+    of every site's test pairs added, with a site-stratified bootstrap interval."""
+    import json
+
+    from click.testing import CliRunner
+
+    from client.app import app as client_app
+    from omnifuse_cli.main import cli
+    from omnifuse_core.config import Config
+    from server.loop import run_federation
+    from sim.generator import generate_federation
+
+    class Grid(DirectGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            return [client_app(m, self.nodes[m.metadata.dst_node_id]) for m in messages]
+
+    fed = generate_federation("smoke", 2, tmp_path / "fed", seed=0)
+    cfg = Config.load("smoke").replace(data_root=str(fed), run_dir=str(tmp_path / "fl"), min_sites=2, rounds=1,
+                                       task="survival", bootstrap_reps=50)
+    run_federation(Grid(2), cfg)
+    final = json.loads((tmp_path / "fl" / "metrics.json").read_text())["final"]
+    ps = final["pooled_stratified"]
+    assert ps["bootstrap_reps"] == 50 and ps["stratified_by"] == "site" and ps["comparable_pairs"] > 0
+    assert ps["c_index_ci_low"] <= ps["c_index"] <= ps["c_index_ci_high"]
+    assert "pooled_binned" not in final and all("conc.num" not in v for v in final["sites"].values())
+
+    result = CliRunner().invoke(cli, ["-q", "train", "--mode", "local", "--config", "smoke", "--data", str(fed),
+                                      "--out", str(tmp_path / "l"), "--set", "rounds=1", "--set", "task=survival"])
+    assert result.exit_code == 0, result.output
+    final = json.loads((tmp_path / "l" / "metrics.json").read_text())["final"]
+    assert final["pooled_stratified"]["bootstrap_reps"] == 200
+    per_site = [v["c_index"] for v in final["sites"].values() if np.isfinite(v["c_index"])]
+    assert min(per_site) - 1e-9 <= final["pooled_stratified"]["c_index"] <= max(per_site) + 1e-9  # a pair-weighted mean

@@ -98,6 +98,10 @@ def render_model_card(data: RunData) -> str:
     if pb:
         lines.append(f"| **pooled (all test patients, from binned counts)** | {pb['n']} | {_f(pb['auroc'])} "
                      f"(95 % CI {_f(pb['auroc_ci_low'])}–{_f(pb['auroc_ci_high'])}) |")
+    ps = final.get("pooled_stratified")
+    if ps:
+        lines.append(f"| **pooled (all test patients, pairs within each site)** | – | {_f(ps['c_index'])} "
+                     f"(95 % CI {_f(ps['c_index_ci_low'])}–{_f(ps['c_index_ci_high'])}) |")
     fair = fairness(sites, head)
     lines += ["", "## Fairness of performance across sites", ""]
     if fair:

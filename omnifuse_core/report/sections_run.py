@@ -49,6 +49,11 @@ def overview(d: RunData) -> Section:
         rows.insert(8, [f"final auroc (all sites' test patients pooled, {pb.get('bins')} score bins)",
                         f"{pb['auroc']:.4f} (95 % bootstrap {pb['auroc_ci_low']:.3f}–{pb['auroc_ci_high']:.3f}; "
                         f"binning error ≤ {pb['auroc_binning_error_max']:.4f}; n = {pb['n']})"])
+    ps = final.get("pooled_stratified")
+    if ps:
+        rows.insert(8, ["final c_index (all sites' test patients, pairs within each site)",
+                        f"{ps['c_index']:.4f} (95 % site-stratified bootstrap {ps['c_index_ci_low']:.3f}–"
+                        f"{ps['c_index_ci_high']:.3f}; {ps['comparable_pairs']:.0f} comparable pairs)"])
     sites = final.get("sites") or {}
     keys = [k for k in (d.headline, "auprc", "accuracy", "brier", "ece", "c_index", "n")
             if any(k in v for v in sites.values())]
