@@ -69,6 +69,11 @@ def ids_digest(ds) -> str:
     return hashlib.sha1("\n".join(map(str, ds.patient_ids)).encode()).hexdigest()[:12]
 
 
+def _flat(a, n: int) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64).reshape(n, -1)
+    return a[:, 0] if a.shape[1] == 1 else a
+
+
 def outputs_on_test(model, sites: list, cfg, device) -> dict:
     """Per-site test metrics, scores and labels of ``model`` (the prediction mode it holds)."""
     from omnifuse_core.metrics import compute_metrics
@@ -81,8 +86,8 @@ def outputs_on_test(model, sites: list, cfg, device) -> dict:
         out = predict(model, s.test, cfg, device=device)
         y = s.test.labels.numpy()
         metrics[s.name] = compute_metrics(cfg.task, y, out["score"])
-        scores[s.name] = np.asarray(out["score"], dtype=np.float64).reshape(len(s.test), -1).squeeze(-1)
-        labels[s.name] = np.asarray(y, dtype=np.float64).reshape(len(s.test), -1).squeeze(-1)
+        scores[s.name] = _flat(out["score"], len(s.test))
+        labels[s.name] = _flat(y, len(s.test))  # survival: [n, 2] (time, event)
         digests[s.name] = ids_digest(s.test)
     return {"metrics": metrics, "scores": scores, "labels": labels, "ids": digests}
 
@@ -158,7 +163,7 @@ def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None, mia: bo
     set_seed(cfg.seed)
     model = build_model(sites[0].specs, sites[0].task, cfg)
     train = MultimodalDataset.concat([s.train for s in sites])
-    selection = RoundSelection(cfg.final_model)
+    selection = RoundSelection(cfg.final_model, cfg.early_stopping)
     lazy: list = []
     dp = _dp(cfg)
     from sim.dp_reference import pooled_fingerprint
@@ -167,9 +172,10 @@ def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None, mia: bo
     for rnd in range(1, cfg.rounds + 1):
         lazy += _lazy(dp.train("pooled", pooled_fp, train, model, rnd, lambda c, d, r=rnd: train_local(
             model, train, c, device=device, seed_offset=r, trained=r > 1, dp=d)).trace)
-        if selection.rule == "best-val":  # the per-site validation metrics run_centralized records each round
+        if selection.rule == "best-val" or cfg.early_stopping:  # the validation metrics run_centralized records
             val = {s.name: evaluate(model, s.val, cfg, device=device) for s in sites if len(s.val)}
-            offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
+            if offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model):
+                break
     if timer is not None:
         timer["train_s"] = time.perf_counter() - start
     model_round = load_selected(selection, model, cfg.rounds)
@@ -186,13 +192,14 @@ def train_federated(sites: list, cfg, *, mia: bool = False) -> dict:
     :func:`train_centralized` (``lazy``: per site, the lazy combination of every local epoch of every round)."""
     from omnifuse_core.models import build_model
     from omnifuse_core.selection import RoundSelection
-    from omnifuse_core.metrics import best_prediction_mode
+    from omnifuse_core.metrics import best_prediction_mode, headline_metric
     from omnifuse_core.trainer import evaluate, resolve_device, set_seed, train_local
     from omnifuse_core.weights import get_trainable, param_groups, set_trainable
     from server.aggregation import SiteUpdate, build_aggregator
     from server.run_dir import weighted_global
 
     _check(sites, cfg)
+    head = headline_metric(cfg.task)  # what server.loop selects rounds and prediction modes on
     start = time.perf_counter()
     device = resolve_device(cfg)
     set_seed(cfg.seed)  # server.setup.initial_model: the seeded global model
@@ -200,7 +207,7 @@ def train_federated(sites: list, cfg, *, mia: bool = False) -> dict:
     weights, groups = dict(get_trainable(model)), dict(param_groups(model))
     default_mode = getattr(model, "prediction_mode", None)
     aggregator = build_aggregator(cfg)
-    selection = RoundSelection(cfg.final_model)
+    selection = RoundSelection(cfg.final_model, cfg.early_stopping)
     mode = "" if cfg.prediction == "auto" else cfg.prediction
     lazy: dict[str, list] = {}
     dp = _dp(cfg)
@@ -224,8 +231,10 @@ def train_federated(sites: list, cfg, *, mia: bool = False) -> dict:
         val = {s.name: evaluate(model, s.val, cfg, device=device) for s in sites if len(s.val)}
         glob = weighted_global(val) if val else {}
         if cfg.prediction == "auto":
-            mode = best_prediction_mode(glob, HEAD) or mode
-        selection.offer(rnd, glob.get(HEAD), (weights, mode))
+            mode = best_prediction_mode(glob, head) or mode
+        selection.offer(rnd, glob.get(head), (weights, mode))
+        if selection.should_stop(rnd):
+            break
     final_round, (weights, mode) = ((selection.round, selection.payload) if selection.payload is not None
                                     else (cfg.rounds, (weights, mode)))
     set_trainable(model, weights)
@@ -250,18 +259,22 @@ def train_local_only(sites: list, cfg, *, mia: bool = False) -> dict:
     device = resolve_device(cfg)
     set_seed(cfg.seed)  # run_local seeds once, then builds every site's model in turn
     models = {s.name: build_model(s.specs, s.task, cfg) for s in sites}
-    selections = {s.name: RoundSelection(cfg.final_model) for s in sites}
+    selections = {s.name: RoundSelection(cfg.final_model, cfg.early_stopping) for s in sites}
     lazy: dict[str, list] = {}
+    stopped: set = set()  # sites whose training stopped early (sim.modes.run_local)
     dp = _dp(cfg)
     for rnd in range(1, cfg.rounds + 1):
         for s in sites:
+            if s.name in stopped:
+                continue
             m = models[s.name]
             res = dp.train(s.name, s.fingerprint, s.train, m, rnd, lambda c, d, r=rnd, m=m, ds=s.train: train_local(
                 m, ds, c, device=device, seed_offset=r, trained=r > 1, dp=d))
             lazy.setdefault(s.name, []).extend(_lazy(res.trace))
             if len(s.val):
                 value = evaluate(models[s.name], s.val, cfg, device=device).get(headline_metric(cfg.task))
-                offer_model(selections[s.name], rnd, value, models[s.name])
+                if offer_model(selections[s.name], rnd, value, models[s.name]):
+                    stopped.add(s.name)
     parts = {"metrics": {}, "scores": {}, "labels": {}, "ids": {}}
     modes, rounds = {}, {}
     for s in sites:

@@ -95,6 +95,7 @@ class Config:
     # --- federation ----------------------------------------------------------------------------------------
     rounds: int = 3
     final_model: str = "last"  # last | best-val: the model that gets the final test and is saved for predict
+    early_stopping: int = 0  # stop after this many rounds without a better validation metric (0 = off; use with best-val)
     strategy: str = "modality_aware"  # modality_aware | fedavg | fedprox | fedadam | fedyogi | trimmed_mean | median
     min_sites: int = 1  # SuperNodes that must be connected before setup and before each round starts
     min_train_replies: int = 1  # valid site updates a round needs to be aggregated (else the model is kept)
@@ -158,6 +159,8 @@ class Config:
                     "min_train_replies", "tla_min_samples", "score_bins"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key '{_ext(key)}' must be >= 1, got {getattr(self, key)}")
+        if self.early_stopping < 0:
+            raise ConfigError(f"config key 'early-stopping' is a patience in rounds (0 = off), got {self.early_stopping}")
         if self.bootstrap_reps < 0:
             raise ConfigError(f"config key 'bootstrap-reps' must be >= 0 (0 = no interval), got {self.bootstrap_reps}")
         if not self.round_timeout > 0:

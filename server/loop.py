@@ -61,7 +61,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
         log.warning("central-dp: aggregation is the uniform mean of clipped updates (DP-FedAvg) instead of '%s'",
                     cfg.strategy)
         strategy.aggregator = privacy.central
-    selection = RoundSelection(cfg.final_model)
+    selection = RoundSelection(cfg.final_model, cfg.early_stopping)
     if ckpt is not None:
         if ckpt.state.get("config_digest") != cfg.digest():
             log.warning("resuming from a checkpoint written with a different config (digest %s, now %s)",
@@ -74,6 +74,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
     base.update({P.STATS_JSON: json.dumps(fed.stats), P.SPECS_JSON: fed.specs_json, P.TASK_JSON: fed.task_json})
     arrays = to_record(weights)
     head = headline_metric(cfg.task)
+    stopped = None
     for rnd in range(start, cfg.rounds + 1):
         t_round = time.monotonic()
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base)), grid))
@@ -110,13 +111,18 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
                    "task": json.loads(fed.task_json), "groups": groups, "prediction_mode": mode,
                    "selection": selection.state()},
             stats=fed.stats))
+        if selection.should_stop(rnd):
+            log.info("early stopping after round %d: no better validation %s since round %d (patience %d)",
+                     rnd, head, selection.best_round, cfg.early_stopping)
+            stopped = rnd
+            break
     final_round, rnd_arrays, mode = _final_model(selection, cfg, arrays, mode, head)
     glob = _evaluate(grid, strategy, final_round, rnd_arrays, base, "test", mode)
     if (rec.checkpoints / f"round-{final_round:04d}.safetensors").is_file():
         point_final(rec.checkpoints, final_round)
     rec.record_final({"global": glob, "sites": strategy.eval_sites, "split": "test",
                       "prediction_mode": mode or None, "rounds": cfg.rounds, "final_model": cfg.final_model,
-                      "model_round": final_round, "seconds": round(time.monotonic() - t0, 2),
+                      "model_round": final_round, "stopped_early": stopped, "seconds": round(time.monotonic() - t0, 2),
                       **pooled_entry(list(strategy.eval_hists.values()), cfg.score_bins, cfg.seed),
                       **pooled_survival_entry(list(strategy.eval_conc.values()))})
     log.info("final test %s = %s (model of round %d); metrics in %s", head, glob.get(head), final_round, rec.path)

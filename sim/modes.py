@@ -123,7 +123,7 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
         device = resolve_device(cfg)
         train = MultimodalDataset.concat([s.train for s in sites])
         model = build_model(sites[0].specs, sites[0].task, cfg)
-        selection = RoundSelection(cfg.final_model)
+        selection, stopped = RoundSelection(cfg.final_model, cfg.early_stopping), None
         dp = ReferenceDP(rec.cfg, rec.root, rec)  # one accountant for the pooled training set
         pooled_fp = pooled_fingerprint([s.fingerprint for s in sites])
         for rnd in range(1, cfg.rounds + 1):
@@ -131,12 +131,16 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
             result = dp.train("pooled", pooled_fp, train, model, rnd, lambda c, d, r=rnd: train_local(
                 model, train, c, device=device, seed_offset=r, trained=r > 1, dp=d))
             val = _site_metrics(model, sites, "val", cfg, device)
-            offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
+            stop = offer_model(selection, rnd, weighted_global(val).get(headline_metric(cfg.task)), model)
             rec.record_round({"round": rnd, "global": weighted_global(val), "sites": val,
                               "train": {"pooled": result.metrics}, "trace": {"pooled": result.trace},
                               "seconds": time.perf_counter() - start})
             if progress:
                 progress(rnd)
+            if stop:
+                stopped = rnd
+                log.info("early stopping after round %d (best validation at round %d)", rnd, selection.best_round)
+                break
         model_round = load_selected(selection, model, cfg.rounds)
         pooled_val = evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg, device=device)
         mode = choose_prediction_mode(model, pooled_val)
@@ -145,7 +149,7 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
         rec.record_final({"global": weighted_global(test), "sites": test, "pooled": pooled, "split": "test",
                           "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites}, "data_notes": _notes(sites),
                           "availability": _availability(sites), "final_model": cfg.final_model,
-                          "model_round": model_round, **binned})
+                          "model_round": model_round, "stopped_early": stopped, **binned})
         dp.write()
         save_checkpoint(rec.checkpoints, Checkpoint(model_round, get_trainable(model),
                                                     state=_model_state(model, sites, {"mode": "centralized"}),
@@ -164,23 +168,30 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
     try:
         device = resolve_device(cfg)
         models = {s.name: build_model(s.specs, s.task, cfg) for s in sites}
-        selections = {s.name: RoundSelection(cfg.final_model) for s in sites}
+        selections = {s.name: RoundSelection(cfg.final_model, cfg.early_stopping) for s in sites}
+        stopped: dict[str, int] = {}  # site -> round its training stopped (early stopping, per site)
         dp = ReferenceDP(rec.cfg, rec.root, rec)  # one accountant per site
         for rnd in range(1, cfg.rounds + 1):
             start = time.perf_counter()
             val, train_metrics, traces = {}, {}, {}
             for s in sites:
+                if s.name in stopped:
+                    continue
                 result = dp.train(s.name, s.fingerprint, s.train, models[s.name], rnd,
                                   lambda c, d, r=rnd, m=models[s.name], ds=s.train: train_local(
                                       m, ds, c, device=device, seed_offset=r, trained=r > 1, dp=d))
                 train_metrics[s.name], traces[s.name] = result.metrics, result.trace
                 if len(s.val):
                     val[s.name] = evaluate(models[s.name], s.val, cfg, device=device)
-                    offer_model(selections[s.name], rnd, val[s.name].get(headline_metric(cfg.task)), models[s.name])
+                    if offer_model(selections[s.name], rnd, val[s.name].get(headline_metric(cfg.task)),
+                                   models[s.name]):
+                        stopped[s.name] = rnd
             rec.record_round({"round": rnd, "global": weighted_global(val), "sites": val, "train": train_metrics,
                               "trace": traces, "seconds": time.perf_counter() - start})
             if progress:
                 progress(rnd)
+            if len(stopped) == len(sites):
+                break
         modes, model_rounds = {}, {}
         for s in sites:
             model_rounds[s.name] = load_selected(selections[s.name], models[s.name], cfg.rounds)
@@ -192,7 +203,7 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
         rec.record_final({"global": weighted_global(test), "sites": test, "split": "test", **binned,
                           "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites}, "data_notes": _notes(sites),
                           "availability": _availability(sites), "final_model": cfg.final_model,
-                          "model_round": model_rounds})
+                          "model_round": model_rounds, "stopped_early": stopped or None})
         dp.write()
     finally:
         rec.detach_log()

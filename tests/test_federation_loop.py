@@ -177,3 +177,12 @@ def test_last_tests_the_last_round(smoke_root, tmp_path):
     final = json.loads((run_dir / "metrics.json").read_text())["final"]
     assert final["model_round"] == 2 and final["final_model"] == "last"
     assert json.loads((run_dir / "checkpoints" / "final.json").read_text())["round"] == 2
+
+
+def test_early_stopping_ends_the_run_patience_rounds_after_the_best(smoke_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_federation(InProcessGrid(3, ScriptedValidation({1: 0.6, 2: 0.8, 3: 0.7, 4: 0.75, 5: 0.9}, 1)),
+                   _cfg(smoke_root, run_dir, rounds=6, final_model="best-val", early_stopping=2))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3, 4]  # rounds 3 and 4 did not beat round 2
+    assert metrics["final"]["stopped_early"] == 4 and metrics["final"]["model_round"] == 2
