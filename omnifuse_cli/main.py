@@ -103,6 +103,31 @@ def train(mode: str, config: str, data: Path, out: Path, overrides: tuple[str, .
     click.echo(f"run directory: {run_dir} (metrics: {run_dir / 'metrics.json'})")
 
 
+@cli.command()
+@click.option("--mode", type=click.Choice(["centralized", "local", "federated"]), required=True)
+@click.option("--config", default="smoke", show_default=True, help="Config name (configs/) or YAML file.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Federation folder or site folder.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the runs and cv.json.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Random patient splits to train and test.")
+@click.option("--first-split-seed", type=int, default=0, show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+def cv(mode: str, config: str, data: Path, out: Path, repeats: int, first_split_seed: int,
+       overrides: tuple[str, ...]) -> None:
+    """Repeat training and test on several random patient splits (split-seed); mean and 95 % interval.
+
+    \b
+    Example:
+      omnifuse cv --mode federated --config small-cohort --data data/cohort --out runs/cv --repeats 5
+    """
+    from sim.cv import run_cv
+    result = run_cv(mode, _config(config, overrides), data, out, repeats=repeats, first=first_split_seed,
+                    run=_run_mode)
+    for key, s in result["summary"].items():
+        click.echo(f"{result['metric']} ({key}): {s['mean']:.4f}  95 % interval over splits "
+                   f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]")
+    click.echo(f"runs and summary: {(Path(out) / 'cv.json').resolve()}")
+
+
 def _run_mode(mode: str, cfg: Config, data: Path, out: Path) -> Path:
     if mode == "federated":
         from sim.federated import run_federated
