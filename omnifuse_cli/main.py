@@ -91,8 +91,10 @@ def check_site(site_dir: Path, config: str | None, overrides: tuple[str, ...]) -
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Federation folder or site folder.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to write.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
-def train(mode: str, config: str, data: Path, out: Path, overrides: tuple[str, ...]) -> None:
-    """Train the same model and config on pooled data, per site alone, or federated (Flower simulation).
+@click.option("--no-report", is_flag=True, help="Skip report.html and model_card.md (write them later: omnifuse report).")
+def train(mode: str, config: str, data: Path, out: Path, overrides: tuple[str, ...], no_report: bool) -> None:
+    """Train the same model and config on pooled data, per site alone, or federated (Flower simulation);
+    then write the run's report.html and model_card.md.
 
     \b
     Example:
@@ -101,6 +103,11 @@ def train(mode: str, config: str, data: Path, out: Path, overrides: tuple[str, .
     cfg = _config(config, overrides)
     run_dir = _run_mode(mode, cfg, data, out)
     click.echo(f"run directory: {run_dir} (metrics: {run_dir / 'metrics.json'})")
+    if not no_report:
+        from omnifuse_core.report import write_report
+        report = Path(write_report(run_dir, sites=[data]))
+        click.echo(f"report: {report.resolve()}")
+        click.echo(f"model card: {(report.parent / 'model_card.md').resolve()}")
 
 
 @cli.command()

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from omnifuse_cli.main import cli
 
-COMMANDS = ["synth", "check-site", "train", "demo", "privacy-report", "import-mimic", "predict", "report"]
+COMMANDS = ["synth", "check-site", "train", "cv", "demo", "privacy-report", "import-mimic", "predict", "report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -25,7 +25,7 @@ def test_top_level_help_lists_every_command():
 
 
 def test_bad_config_is_one_sentence_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "omnifuse_cli.main", "train", "--mode", "centralized",
+    proc = subprocess.run([sys.executable, "-m", "omnifuse_cli.main", "train", "--no-report", "--mode", "centralized",
                            "--config", "no-such-config", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -34,7 +34,7 @@ def test_bad_config_is_one_sentence_without_traceback(tmp_path):
 
 
 def test_bad_override_names_the_key(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "omnifuse_cli.main", "train", "--mode", "local", "--config", "smoke",
+    proc = subprocess.run([sys.executable, "-m", "omnifuse_cli.main", "train", "--no-report", "--mode", "local", "--config", "smoke",
                            "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "no-such-key=1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown config key 'no-such-key'" in proc.stderr
@@ -58,6 +58,26 @@ def test_demo_dp_flag_picks_the_dp_profile(tmp_path, monkeypatch, args, config, 
     expected = Config.load(config)
     assert seen["cfg"].dp is dp and seen["cfg"].embed_dim == expected.embed_dim
     assert seen["cfg"].ehr_encoder == expected.ehr_encoder
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-report"]])
+def test_train_writes_the_report_and_model_card_unless_told_not_to(tmp_path, monkeypatch, flag):
+    import omnifuse_cli.main as main
+    import omnifuse_core.report as report
+
+    written = []
+    monkeypatch.setattr(main, "_run_mode", lambda mode, cfg, data, out: tmp_path / "run")
+    monkeypatch.setattr(report, "write_report", lambda run_dir, sites: written.append((run_dir, sites)) or (
+        tmp_path / "run" / "report.html"))
+    result = CliRunner().invoke(cli, ["train", *flag, "--mode", "centralized", "--data", str(tmp_path / "d"),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    if flag:
+        assert not written and "report:" not in result.output
+    else:
+        assert written == [(tmp_path / "run", [tmp_path / "d"])]
+        assert f"report: {(tmp_path / 'run' / 'report.html').resolve()}" in result.output
+        assert f"model card: {(tmp_path / 'run' / 'model_card.md').resolve()}" in result.output
 
 
 def _unsplit_site(smoke_federation, tmp_path):

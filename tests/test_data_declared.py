@@ -30,7 +30,7 @@ def test_declared_but_unconfigured_modality_is_a_note(caplog):
 
 def test_train_refuses_before_loading_when_no_site_declares_a_modality(smoke_federation, tmp_path):
     fed = _drop_genomics(smoke_federation, tmp_path / "fed")
-    result = CliRunner().invoke(cli, ["train", "--mode", "centralized", "--config", "smoke", "--data", str(fed),
+    result = CliRunner().invoke(cli, ["train", "--no-report", "--mode", "centralized", "--config", "smoke", "--data", str(fed),
                                       "--out", str(tmp_path / "r")])
     assert result.exit_code != 0
     text = result.output + str(result.exception)

@@ -92,7 +92,7 @@ def test_centralized_run_record_keeps_every_sites_data_notes(tmp_path):
     a, b = make_site(fed, 16, name="a", seed=1), make_site(fed, 16, name="b", seed=2)
     _edit_genes(b, drop=[GENES[3]])
     (fed / "federation.yaml").write_text(yaml.safe_dump({"sites": ["a", "b"]}))
-    result = CliRunner().invoke(cli, ["-q", "train", "--mode", "centralized", "--config", "smoke", "--data", str(fed),
+    result = CliRunner().invoke(cli, ["-q", "train", "--no-report", "--mode", "centralized", "--config", "smoke", "--data", str(fed),
                                       "--out", str(tmp_path / "run"), "--set", "modalities=ehr,genomics",
                                       "--set", "rounds=1"])
     assert result.exit_code == 0, result.output

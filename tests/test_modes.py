@@ -11,7 +11,7 @@ from omnifuse_cli.main import cli
 @pytest.mark.parametrize("mode", ["centralized", "local"])
 def test_train_mode_writes_run_directory(smoke_federation, tmp_path, mode):
     out = tmp_path / mode
-    result = CliRunner().invoke(cli, ["-q", "train", "--mode", mode, "--config", "smoke", "--data",
+    result = CliRunner().invoke(cli, ["-q", "train", "--no-report", "--mode", mode, "--config", "smoke", "--data",
                                       str(smoke_federation), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "config.yaml").is_file() and (out / "logs").is_dir()
@@ -37,7 +37,7 @@ def test_dp_in_reference_modes_keeps_a_ledger_per_population(smoke_federation, t
     """centralized: one accountant for the pooled training set; local: one per site. Each spends at most its
     target, the run directory has the privacy reports, and the pre-flight ratio is recorded."""
     out = tmp_path / mode
-    result = CliRunner().invoke(cli, ["-q", "train", "--mode", mode, "--config", "smoke-dp", "--data",
+    result = CliRunner().invoke(cli, ["-q", "train", "--no-report", "--mode", mode, "--config", "smoke-dp", "--data",
                                       str(smoke_federation), "--out", str(out), "--set", "rounds=1"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -54,7 +54,7 @@ def test_dp_in_reference_modes_keeps_a_ledger_per_population(smoke_federation, t
 
 
 def test_dp_preflight_refuses_a_hopeless_schedule(smoke_federation, tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--mode", "centralized", "--config", "smoke-dp", "--data",
+    result = CliRunner().invoke(cli, ["train", "--no-report", "--mode", "centralized", "--config", "smoke-dp", "--data",
                                       str(smoke_federation), "--out", str(tmp_path / "r"),
                                       "--set", "dp-preflight=error", "--set", "rounds=1"])
     assert result.exit_code != 0

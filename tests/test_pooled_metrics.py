@@ -109,7 +109,7 @@ def test_federated_and_reference_runs_record_the_pooled_binned_auroc(tmp_path):
     assert pooled["auroc_ci_low"] <= pooled["auroc"] <= pooled["auroc_ci_high"]
     assert all("hist.pos" not in site for site in final["sites"].values())  # counts are not stored per site
 
-    result = CliRunner().invoke(cli, ["-q", "train", "--mode", "centralized", "--config", "smoke", "--data", str(fed),
+    result = CliRunner().invoke(cli, ["-q", "train", "--no-report", "--mode", "centralized", "--config", "smoke", "--data", str(fed),
                                       "--out", str(tmp_path / "c"), "--set", "rounds=1"])
     assert result.exit_code == 0, result.output
     final = json.loads((tmp_path / "c" / "metrics.json").read_text())["final"]
@@ -148,7 +148,7 @@ def test_survival_runs_record_the_site_stratified_pooled_c_index(tmp_path):
     assert ps["c_index_ci_low"] <= ps["c_index"] <= ps["c_index_ci_high"]
     assert "pooled_binned" not in final and all("conc.num" not in v for v in final["sites"].values())
 
-    result = CliRunner().invoke(cli, ["-q", "train", "--mode", "local", "--config", "smoke", "--data", str(fed),
+    result = CliRunner().invoke(cli, ["-q", "train", "--no-report", "--mode", "local", "--config", "smoke", "--data", str(fed),
                                       "--out", str(tmp_path / "l"), "--set", "rounds=1", "--set", "task=survival"])
     assert result.exit_code == 0, result.output
     final = json.loads((tmp_path / "l" / "metrics.json").read_text())["final"]

@@ -40,7 +40,7 @@ def test_early_stopping_counts_rounds_since_the_best_value_whatever_the_rule():
 @pytest.mark.parametrize("mode", ["centralized", "local"])
 def test_early_stopping_in_process_modes(smoke_federation, tmp_path, mode):
     out = tmp_path / mode
-    result = CliRunner().invoke(cli, ["-q", "train", "--mode", mode, "--config", "smoke", "--data",
+    result = CliRunner().invoke(cli, ["-q", "train", "--no-report", "--mode", mode, "--config", "smoke", "--data",
                                       str(smoke_federation), "--out", str(out), "--set", "rounds=6",
                                       "--set", "final-model=best-val", "--set", "early-stopping=1", "--set", "lr=0.05"])
     assert result.exit_code == 0, result.output
@@ -82,7 +82,7 @@ def test_unknown_rule_is_a_named_config_error():
 @pytest.mark.parametrize("mode", ["centralized", "local"])
 def test_best_val_in_process_modes_test_the_best_validation_round(smoke_federation, tmp_path, mode):
     out = tmp_path / mode
-    result = CliRunner().invoke(cli, ["-q", "train", "--mode", mode, "--config", "smoke", "--data",
+    result = CliRunner().invoke(cli, ["-q", "train", "--no-report", "--mode", mode, "--config", "smoke", "--data",
                                       str(smoke_federation), "--out", str(out), "--set", "rounds=3",
                                       "--set", "final-model=best-val"])
     assert result.exit_code == 0, result.output
