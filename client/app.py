@@ -104,7 +104,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = rt.load_site_cached(node.path, cfg, _stats(raw))
     metrics = rt.run_evaluate(site, cfg, _weights(msg), specs_json=raw[P.SPECS_JSON], task_json=raw[P.TASK_JSON],
                               node=node, split=str(raw.get(P.SPLIT, "val")),
-                              prediction_mode=str(raw.get(P.PREDICTION_MODE, "")))
+                              prediction_mode=str(raw.get(P.PREDICTION_MODE, "")),
+                              threshold=float(raw.get(P.THRESHOLD, cfg.threshold)))
     content = RecordDict({P.METRICS: MetricRecord(metrics), P.INFO: ConfigRecord({P.SITE: site.name})})
     return Message(content, reply_to=msg)
 

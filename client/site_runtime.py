@@ -207,9 +207,10 @@ def run_train(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_js
 
 
 def run_evaluate(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs_json: str, task_json: str,
-                 node: NodeSite, split: str, prediction_mode: str = "") -> dict[str, Any]:
-    """Metrics of the global model on this site's ``val`` or ``test`` split (numbers; on test, binary task, also
-    the patients per score bin, omnifuse_core.pooled)."""
+                 node: NodeSite, split: str, prediction_mode: str = "", threshold: float = 0.5) -> dict[str, Any]:
+    """Metrics of the global model on this site's ``val`` or ``test`` split (numbers; binary decisions at
+    ``threshold``), plus the counts of the pooled metrics (omnifuse_core.pooled): binary, patients per score bin
+    (also on val: the server chooses the threshold from them); survival test, concordant and comparable pairs."""
     from omnifuse_core.trainer import evaluate, resolve_device
 
     if split not in ("val", "test"):
@@ -219,7 +220,7 @@ def run_evaluate(site, cfg: Config, global_w: Mapping[str, np.ndarray], *, specs
     if prediction_mode and hasattr(model, "prediction_mode"):
         model.prediction_mode = prediction_mode
     metrics = evaluate(model, getattr(site, split), cfg, device=resolve_device(node.device),
-                       pooled=split == "test")
+                       score_hist=True, pair_counts=split == "test", threshold=threshold)
     counts = {k: list(metrics.pop(k)) for k in P.POOLED_KEYS if k in metrics}
     return {**P.prefixed("", metrics), **counts}  # test: the counts of the pooled metric (omnifuse_core.pooled)
 

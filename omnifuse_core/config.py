@@ -104,6 +104,8 @@ class Config:
     server_lr: float = 0.01
     trim_fraction: float = 0.2
     max_update_norm: float = 1e4
+    threshold_rule: str = "youden"  # binary decisions (F1, sensitivity, ...): youden | max-f1 | fixed, chosen on validation
+    threshold: float = 0.5  # the decision threshold with threshold-rule: fixed (and where validation cannot choose one)
     score_bins: int = 1000  # binary test: score bins a site counts its patients in, for the pooled AUROC (final.pooled_binned)
     bootstrap_reps: int = 200  # survival test: bootstrap resamples per site for the pooled C-index interval (0 = none)
     data_root: str = ""  # simulation: partition-id -> site folder listed in DATA_ROOT/federation.yaml
@@ -147,6 +149,7 @@ class Config:
             "dp_grad_sample_mode": ("hooks", "functorch"),
             "final_model": ("last", "best-val"),
             "imputation_reduction": ("sum", "mean"),
+            "threshold_rule": ("youden", "max-f1", "fixed"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -159,6 +162,8 @@ class Config:
                     "min_train_replies", "tla_min_samples", "score_bins"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key '{_ext(key)}' must be >= 1, got {getattr(self, key)}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"config key 'threshold' must lie in (0, 1), got {self.threshold}")
         if self.early_stopping < 0:
             raise ConfigError(f"config key 'early-stopping' is a patience in rounds (0 = off), got {self.early_stopping}")
         if self.bootstrap_reps < 0:

@@ -51,8 +51,26 @@ def _safe(fn, *args, **kw) -> float:
         return NAN
 
 
-def compute_metrics(task: str, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Metrics for one split. ``scores`` never depend on labels (they come from the model alone)."""
+def threshold_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Binary metrics of the decision ``score >= threshold``: F1, accuracy, sensitivity, specificity, PPV, NPV
+    (NaN where a denominator is 0) and the threshold itself."""
+    from sklearn.metrics import confusion_matrix
+
+    pred = (scores >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel().astype(float)
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else NAN
+
+    return {"threshold": float(threshold), "f1": ratio(2 * tp, 2 * tp + fp + fn) if tp + fp + fn else NAN,
+            "accuracy": ratio(tp + tn, tp + tn + fp + fn), "sensitivity": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp), "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn)}
+
+
+def compute_metrics(task: str, labels: np.ndarray, scores: np.ndarray, *,
+                    threshold: float = 0.5) -> dict[str, float]:
+    """Metrics for one split. ``scores`` never depend on labels (they come from the model alone). Binary decisions
+    (F1, accuracy, sensitivity, ...) use ``threshold``, chosen on validation (omnifuse_core.thresholds)."""
     labels = np.asarray(labels)
     scores = np.asarray(scores)
     out: dict[str, float] = {"n": int(labels.shape[0])}
@@ -61,7 +79,7 @@ def compute_metrics(task: str, labels: np.ndarray, scores: np.ndarray) -> dict[s
     if task == "binary":
         y = labels.astype(int)
         out.update(auroc=_safe(roc_auc_score, y, scores), auprc=_safe(average_precision_score, y, scores),
-                   f1=_safe(f1_score, y, scores >= 0.5, zero_division=0), accuracy=_safe(accuracy_score, y, scores >= 0.5),
+                   **threshold_metrics(y, scores, threshold),
                    brier=_safe(brier_score_loss, y, scores), ece=expected_calibration_error(y, scores),
                    prevalence=float(y.mean()))
     elif task == "multiclass":

@@ -32,6 +32,7 @@ EVALUATE = "evaluate"
 SERVER_ROUND = "server-round"
 STATS_JSON = "stats-json"  # combined (federated) preprocessing statistics, JSON
 SPLIT = "split"  # evaluate: "val" or "test"
+THRESHOLD = "threshold"  # evaluate (test): the binary decision threshold the server chose on validation
 PREDICTION_MODE = "prediction-mode"  # evaluate: joint | heads | both, chosen by the server on validation
 
 # --- info keys (client -> server, strings) ---------------------------------------------------------------------

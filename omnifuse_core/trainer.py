@@ -189,17 +189,20 @@ def predict(model: FusionModel, ds: MultimodalDataset, cfg: Config, *,
 
 
 def evaluate(model: FusionModel, ds: MultimodalDataset, cfg: Config, *,
-             device: Optional[torch.device] = None, pooled: bool = False) -> dict[str, Any]:
-    """Metrics of the configured prediction on ``ds``, plus the headline metric of every prediction mode; with
-    ``pooled`` also the counts a pooled test metric adds across sites (omnifuse_core.pooled): binary, patients per
-    score bin (``hist.pos``/``hist.neg``); survival, concordant and comparable pairs (``conc.num``/``conc.den``)."""
+             device: Optional[torch.device] = None, score_hist: bool = False, pair_counts: bool = False,
+             threshold: float = 0.5) -> dict[str, Any]:
+    """Metrics of the configured prediction on ``ds`` (binary decisions at ``threshold``), plus the headline metric
+    of every prediction mode; and the counts a pooled metric adds across sites (omnifuse_core.pooled): with
+    ``score_hist`` (binary) patients per score bin (``hist.pos``/``hist.neg``), with ``pair_counts`` (survival)
+    concordant and comparable pairs (``conc.num``/``conc.den``)."""
     task = model.task_spec.kind
     out = predict(model, ds, cfg, device=device)
     labels = ds.labels.numpy()
-    metrics: dict[str, Any] = compute_metrics(task, labels, out["score"]) if len(ds) else {"n": 0}
-    if pooled and task == "binary" and len(ds):
+    metrics: dict[str, Any] = (compute_metrics(task, labels, out["score"], threshold=threshold) if len(ds)
+                               else {"n": 0})
+    if score_hist and task == "binary" and len(ds):
         metrics[HIST_POS], metrics[HIST_NEG] = score_histogram(labels, out["score"], cfg.score_bins)
-    elif pooled and task == "survival" and len(ds):
+    elif pair_counts and task == "survival" and len(ds):
         metrics[CONC_NUM], metrics[CONC_DEN] = concordance_counts(labels[:, 0], labels[:, 1], out["score"],
                                                                   reps=cfg.bootstrap_reps, seed=cfg.seed)
     head = headline_metric(task)

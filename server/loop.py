@@ -13,7 +13,8 @@ from flwr.serverapp import Grid
 from omnifuse_core import protocol as P
 from omnifuse_core.config import Config
 from omnifuse_core.metrics import best_prediction_mode, headline_metric
-from omnifuse_core.pooled import pooled_entry, pooled_survival_entry
+from omnifuse_core.pooled import add_histograms, pooled_entry, pooled_survival_entry
+from omnifuse_core.thresholds import choose_threshold, threshold_entry as _threshold_entry
 from omnifuse_core.selection import RoundSelection
 
 from .checkpoint import Checkpoint, load_latest, load_round, point_final, save_checkpoint
@@ -75,6 +76,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
     arrays = to_record(weights)
     head = headline_metric(cfg.task)
     stopped = None
+    thresholds = {r["round"]: r.get("threshold") for r in rec.data.get("rounds", [])}  # kept rounds of a resumed run
     for rnd in range(start, cfg.rounds + 1):
         t_round = time.monotonic()
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base)), grid))
@@ -87,6 +89,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
         else:
             arrays = new_arrays
         glob = _evaluate(grid, strategy, rnd, arrays, base, "val", mode)
+        thresholds[rnd] = _threshold(strategy, cfg)
         if cfg.prediction == "auto":
             mode = best_prediction_mode(glob, head) or mode
         if selection.offer(rnd, glob.get(head), (arrays, mode)) and selection.rule == "best-val":
@@ -100,7 +103,8 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
                       for s, m in strategy.train_sites.items()},
             "rejected": dict(strategy.rejected), "missing": dict(strategy.missing),
             **privacy.collect(strategy.train_info, strategy.rejected),
-            "prediction_mode": mode or None, "seconds": round(time.monotonic() - t_round, 2)})
+            "prediction_mode": mode or None, "threshold": thresholds[rnd],
+            "seconds": round(time.monotonic() - t_round, 2)})
         _write_privacy(rec, privacy)
         log.info("round %d/%d: global %s = %s (%.1f s)", rnd, cfg.rounds, head, glob.get(head),
                  time.monotonic() - t_round)
@@ -117,12 +121,15 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             stopped = rnd
             break
     final_round, rnd_arrays, mode = _final_model(selection, cfg, arrays, mode, head)
-    glob = _evaluate(grid, strategy, final_round, rnd_arrays, base, "test", mode)
+    threshold = thresholds.get(final_round)
+    glob = _evaluate(grid, strategy, final_round, rnd_arrays, base, "test", mode,
+                     cfg.threshold if threshold is None else threshold)
     if (rec.checkpoints / f"round-{final_round:04d}.safetensors").is_file():
         point_final(rec.checkpoints, final_round)
     rec.record_final({"global": glob, "sites": strategy.eval_sites, "split": "test",
                       "prediction_mode": mode or None, "rounds": cfg.rounds, "final_model": cfg.final_model,
-                      "model_round": final_round, "stopped_early": stopped, "seconds": round(time.monotonic() - t0, 2),
+                      "model_round": final_round, "stopped_early": stopped,
+                      "threshold": _threshold_entry(cfg, threshold, f"validation of round {final_round}"), "seconds": round(time.monotonic() - t0, 2),
                       **pooled_entry(list(strategy.eval_hists.values()), cfg.score_bins, cfg.seed),
                       **pooled_survival_entry(list(strategy.eval_conc.values()))})
     log.info("final test %s = %s (model of round %d); metrics in %s", head, glob.get(head), final_round, rec.path)
@@ -157,8 +164,18 @@ def _write_privacy(rec: RunRecorder, privacy: PrivacyRollup) -> None:
         rec.write()
 
 
-def _evaluate(grid, strategy: OmniFuseStrategy, rnd: int, arrays, base: dict, split: str, mode: str) -> dict:
-    config = ConfigRecord({**base, P.SPLIT: split, P.PREDICTION_MODE: mode or ""})
+def _threshold(strategy: OmniFuseStrategy, cfg: Config):
+    """The binary decision threshold ``threshold-rule`` picks on the validation histograms just received (None for
+    other tasks): from counts per score bin only."""
+    if not strategy.eval_hists:
+        return None
+    return choose_threshold(*add_histograms(list(strategy.eval_hists.values())), cfg.threshold_rule, cfg.threshold)
+
+
+def _evaluate(grid, strategy: OmniFuseStrategy, rnd: int, arrays, base: dict, split: str, mode: str,
+              threshold: float | None = None) -> dict:
+    config = ConfigRecord({**base, P.SPLIT: split, P.PREDICTION_MODE: mode or "",
+                           **({P.THRESHOLD: float(threshold)} if threshold is not None else {})})
     replies = grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid),
                                     timeout=strategy.cfg.round_timeout)
     strategy.aggregate_evaluate(rnd, replies)

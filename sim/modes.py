@@ -33,6 +33,7 @@ from omnifuse_core.models import build_model
 from omnifuse_core.pooled import pooled_entry, pooled_survival_entry
 from omnifuse_core.provenance import run_provenance
 from omnifuse_core.selection import RoundSelection, load_selected, offer_model
+from omnifuse_core.thresholds import choose_threshold, threshold_entry
 from omnifuse_core.trainer import choose_prediction_mode, evaluate, resolve_device, set_seed, train_local
 from omnifuse_core.weights import get_trainable
 from server.checkpoint import Checkpoint, save_checkpoint
@@ -98,13 +99,25 @@ def _site_metrics(model, sites: list[SiteData], split: str, cfg: Config, device)
     return {s.name: evaluate(model, s.splits[split], cfg, device=device) for s in sites if len(s.splits[split])}
 
 
-def _test_metrics(model_of: Callable[[str], object], sites: list[SiteData], cfg: Config, device) -> tuple[dict, dict]:
-    """``(per-site test metrics, final.pooled_binned entry)``: the sites' score-bin counts added as a federation
-    would (omnifuse_core.pooled), so every mode records the same pooled metric."""
+def _val_threshold(model, val: MultimodalDataset, cfg: Config, device) -> Optional[float]:
+    """The decision threshold ``threshold-rule`` picks on ``val`` (binary; None otherwise), from the same
+    score-bin counts a federation uses."""
+    if cfg.task != "binary" or not len(val):
+        return None
+    m = evaluate(model, val, cfg, device=device, score_hist=True)
+    return choose_threshold(m[P.HIST_POS], m[P.HIST_NEG], cfg.threshold_rule, cfg.threshold)
+
+
+def _test_metrics(model_of: Callable[[str], object], sites: list[SiteData], cfg: Config, device,
+                  threshold_of: Callable[[str], Optional[float]]) -> tuple[dict, dict]:
+    """``(per-site test metrics, final.pooled_* entries)``: the sites' counts added as a federation would
+    (omnifuse_core.pooled), so every mode records the same pooled metrics."""
     test, hists, conc = {}, [], []
     for s in sites:
         if len(s.test):
-            m = evaluate(model_of(s.name), s.test, cfg, device=device, pooled=True)
+            t = threshold_of(s.name)
+            m = evaluate(model_of(s.name), s.test, cfg, device=device, score_hist=True, pair_counts=True,
+                         threshold=cfg.threshold if t is None else t)
             if P.HIST_POS in m:
                 hists.append((m.pop(P.HIST_POS), m.pop(P.HIST_NEG)))
             if P.CONC_NUM in m:
@@ -144,12 +157,15 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
         model_round = load_selected(selection, model, cfg.rounds)
         pooled_val = evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg, device=device)
         mode = choose_prediction_mode(model, pooled_val)
-        test, binned = _test_metrics(lambda name: model, sites, cfg, device)
-        pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
+        threshold = _val_threshold(model, MultimodalDataset.concat([s.val for s in sites]), cfg, device)
+        test, binned = _test_metrics(lambda name: model, sites, cfg, device, lambda name: threshold)
+        pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device,
+                          threshold=cfg.threshold if threshold is None else threshold)
         rec.record_final({"global": weighted_global(test), "sites": test, "pooled": pooled, "split": "test",
                           "prediction_mode": mode, "skipped": {s.name: s.skipped for s in sites}, "data_notes": _notes(sites),
                           "availability": _availability(sites), "final_model": cfg.final_model,
-                          "model_round": model_round, "stopped_early": stopped, **binned})
+                          "model_round": model_round, "stopped_early": stopped, **binned,
+                          "threshold": threshold_entry(cfg, threshold, "pooled validation split")})
         dp.write()
         save_checkpoint(rec.checkpoints, Checkpoint(model_round, get_trainable(model),
                                                     state=_model_state(model, sites, {"mode": "centralized"}),
@@ -199,11 +215,14 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
             save_checkpoint(rec.checkpoints / s.name, Checkpoint(
                 model_rounds[s.name], get_trainable(models[s.name]), state=_model_state(models[s.name], [s], {"mode": "local"}),
                 stats=s.stats))
-        test, binned = _test_metrics(models.__getitem__, sites, cfg, device)
+        thresholds = {s.name: _val_threshold(models[s.name], s.val, cfg, device) for s in sites}
+        test, binned = _test_metrics(models.__getitem__, sites, cfg, device, thresholds.get)
         rec.record_final({"global": weighted_global(test), "sites": test, "split": "test", **binned,
                           "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites}, "data_notes": _notes(sites),
                           "availability": _availability(sites), "final_model": cfg.final_model,
-                          "model_round": model_rounds, "stopped_early": stopped or None})
+                          "model_round": model_rounds, "stopped_early": stopped or None,
+                          "threshold": {n: threshold_entry(cfg, t, f"validation split of {n}")
+                                        for n, t in thresholds.items()} if cfg.task == "binary" else None})
         dp.write()
     finally:
         rec.detach_log()

@@ -103,7 +103,12 @@ def test_federated_and_reference_runs_record_the_pooled_binned_auroc(tmp_path):
     fed = generate_federation("smoke", 3, tmp_path / "fed", seed=0)
     cfg = Config.load("smoke").replace(data_root=str(fed), run_dir=str(tmp_path / "fl"), min_sites=3, rounds=1)
     run_federation(Grid(3), cfg)
-    final = json.loads((tmp_path / "fl" / "metrics.json").read_text())["final"]
+    metrics = json.loads((tmp_path / "fl" / "metrics.json").read_text())
+    final = metrics["final"]
+    # the decision threshold: chosen by the server on the validation counts of the tested round, used by every site
+    assert final["threshold"]["value"] == metrics["rounds"][0]["threshold"]
+    assert final["threshold"]["from"] == "validation of round 1" and final["threshold"]["rule"] == "youden"
+    assert all(site["threshold"] == final["threshold"]["value"] for site in final["sites"].values())
     pooled = final["pooled_binned"]
     assert pooled["n"] == final["global"]["n"] and pooled["bins"] == 1000
     assert pooled["auroc_ci_low"] <= pooled["auroc"] <= pooled["auroc_ci_high"]

@@ -102,6 +102,10 @@ def render_model_card(data: RunData) -> str:
     if ps:
         lines.append(f"| **pooled (all test patients, pairs within each site)** | – | {_f(ps['c_index'])} "
                      f"(95 % CI {_f(ps['c_index_ci_low'])}–{_f(ps['c_index_ci_high'])}) |")
+    thr = final.get("threshold")
+    if isinstance(thr, dict) and "value" in thr:
+        lines += ["", f"Decisions (F1, sensitivity, specificity, PPV, NPV) use the threshold {thr['value']:.3f}, "
+                  f"chosen by {thr.get('rule')} on the {thr.get('from')} (never on test patients)."]
     fair = fairness(sites, head)
     lines += ["", "## Fairness of performance across sites", ""]
     if fair:

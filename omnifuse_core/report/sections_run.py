@@ -55,7 +55,12 @@ def overview(d: RunData) -> Section:
                         f"{ps['c_index']:.4f} (95 % site-stratified bootstrap {ps['c_index_ci_low']:.3f}–"
                         f"{ps['c_index_ci_high']:.3f}; {ps['comparable_pairs']:.0f} comparable pairs)"])
     sites = final.get("sites") or {}
-    keys = [k for k in (d.headline, "auprc", "accuracy", "brier", "ece", "c_index", "n")
+    thr = final.get("threshold")
+    if isinstance(thr, dict) and "value" in thr:  # federated / centralized: one threshold (local: one per site)
+        rows.insert(8, ["decision threshold (F1, sensitivity, specificity, PPV, NPV, accuracy use it)",
+                        f"{thr['value']:.3f} ({thr.get('rule')}, from the {thr.get('from')})"])
+    keys = [k for k in (d.headline, "auprc", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy",
+                        "threshold", "brier", "ece", "c_index", "n")
             if any(k in v for v in sites.values())]
     keys = list(dict.fromkeys(keys))
     body = table(["", ""], rows)
