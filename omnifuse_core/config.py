@@ -100,6 +100,7 @@ class Config:
     min_sites: int = 1  # SuperNodes that must be connected before setup and before each round starts
     min_train_replies: int = 1  # valid site updates a round needs to be aggregated (else the model is kept)
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies; late sites count as missing
+    poll_interval: float = 0.1  # seconds between the ServerApp's pulls for replies (Flower's own: a fixed 3 s)
     fraction_train: float = 1.0
     server_lr: float = 0.01
     trim_fraction: float = 0.2
@@ -168,6 +169,8 @@ class Config:
             raise ConfigError(f"config key 'early-stopping' is a patience in rounds (0 = off), got {self.early_stopping}")
         if self.bootstrap_reps < 0:
             raise ConfigError(f"config key 'bootstrap-reps' must be >= 0 (0 = no interval), got {self.bootstrap_reps}")
+        if not 0 < self.poll_interval <= 10:
+            raise ConfigError(f"config key 'poll-interval' must lie in (0, 10] seconds, got {self.poll_interval}")
         if not self.round_timeout > 0:
             raise ConfigError(f"config key 'round-timeout' must be > 0 seconds, got {self.round_timeout}")
         if not 0.0 <= self.hide_prob <= 1.0:

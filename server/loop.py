@@ -17,6 +17,7 @@ from omnifuse_core.pooled import add_histograms, pooled_entry, pooled_survival_e
 from omnifuse_core.thresholds import choose_threshold, threshold_entry as _threshold_entry
 from omnifuse_core.selection import RoundSelection
 
+from .exchange import send_and_receive
 from .checkpoint import Checkpoint, load_latest, load_round, point_final, save_checkpoint
 from .privacy import PrivacyRollup
 from .run_dir import RunRecorder, weighted_global
@@ -82,7 +83,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base)), grid))
         if privacy.central is not None:
             privacy.central.begin_round(len(messages))
-        replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
+        replies = send_and_receive(grid, messages, timeout=cfg.round_timeout, poll=cfg.poll_interval)
         new_arrays, _ = strategy.aggregate_train(rnd, replies)
         if new_arrays is None:
             log.error("round %d: no valid site update; the global model is unchanged", rnd)
@@ -176,8 +177,8 @@ def _evaluate(grid, strategy: OmniFuseStrategy, rnd: int, arrays, base: dict, sp
               threshold: float | None = None) -> dict:
     config = ConfigRecord({**base, P.SPLIT: split, P.PREDICTION_MODE: mode or "",
                            **({P.THRESHOLD: float(threshold)} if threshold is not None else {})})
-    replies = grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid),
-                                    timeout=strategy.cfg.round_timeout)
+    replies = send_and_receive(grid, strategy.configure_evaluate(rnd, arrays, config, grid),
+                               timeout=strategy.cfg.round_timeout, poll=strategy.cfg.poll_interval)
     strategy.aggregate_evaluate(rnd, replies)
     return weighted_global(strategy.eval_sites) if strategy.eval_sites else {}
 

@@ -20,6 +20,8 @@ from omnifuse_core import protocol as P
 from omnifuse_core.batch import ModalitySpec, TaskSpec
 from omnifuse_core.config import Config
 
+from .exchange import send_and_receive
+
 log = logging.getLogger(__name__)
 
 
@@ -46,11 +48,12 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     return nodes
 
 
-def query(grid: Grid, nodes: list[int], action: str, config: dict, timeout: float) -> dict[int, Message]:
+def query(grid: Grid, nodes: list[int], action: str, config: dict, timeout: float,
+          poll: float = 0.1) -> dict[int, Message]:
     """Send one query to every node; returns ``node id -> reply``. Any failed node aborts the setup."""
     msgs = [Message(RecordDict({P.CONFIG: ConfigRecord(dict(config))}), dst_node_id=n, message_type=action)
             for n in nodes]
-    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs, timeout=timeout)}
+    replies = {r.metadata.src_node_id: r for r in send_and_receive(grid, msgs, timeout=timeout, poll=poll)}
     errors = [f"node {n}: {r.error.reason}" for n, r in replies.items() if r.has_error()]
     missing = [n for n in nodes if n not in replies]
     if errors or missing:
@@ -78,11 +81,12 @@ def exchange(grid: Grid, cfg: Config, base: dict, timeout: float) -> Federation:
 
     nodes = wait_for_nodes(grid, cfg.min_sites, timeout)
     log.info("setup: %d site(s) connected; exchanging preprocessing statistics", len(nodes))
-    replies = query(grid, nodes, P.QUERY_STATS, base, timeout)
+    replies = query(grid, nodes, P.QUERY_STATS, base, timeout, cfg.poll_interval)
     site_stats = [json.loads(r.content.config_records[P.INFO][P.SITE_STATS_JSON]) for r in replies.values()]
     _check_declared(replies, cfg)
     stats = combine_stats(site_stats, gene_policy=cfg.genomics_gene_policy)
-    replies = query(grid, nodes, P.QUERY_DESCRIBE, {**base, P.STATS_JSON: json.dumps(stats)}, timeout)
+    replies = query(grid, nodes, P.QUERY_DESCRIBE, {**base, P.STATS_JSON: json.dumps(stats)}, timeout,
+                    cfg.poll_interval)
     infos = {n: dict(r.content.config_records[P.INFO]) for n, r in replies.items()}
     node_sites = {n: str(i[P.SITE]) for n, i in infos.items()}
     first = infos[nodes[0]]
