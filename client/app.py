@@ -77,7 +77,9 @@ def query_describe(msg: Message, context: Context) -> Message:
 @app.train()
 @_guard
 def train(msg: Message, context: Context) -> Message:
-    """Local training from the global weights; replies with trainable weights, counts and local metrics.
+    """Local training from the global weights; replies with trainable weights, counts and local metrics. With
+    ``eval-split`` in the config (fused evaluation) the received model is first evaluated on that split and the reply
+    also carries those metrics (``val-metrics``): one exchange per round instead of two.
 
     With ``dp: true`` the site's privacy layer runs first and last: a refused round (corrupt ledger, budget cap)
     becomes an error reply naming the site and the projected epsilon; the spend is in the site's ledger before
@@ -86,12 +88,19 @@ def train(msg: Message, context: Context) -> Message:
     cfg, raw = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
     site = rt.load_site_cached(node.path, cfg, _stats(raw))
-    weights, metrics, info = rt.run_train(site, cfg, _weights(msg), specs_json=raw[P.SPECS_JSON],
+    received = _weights(msg)
+    val = None
+    if raw.get(P.EVAL_SPLIT):  # fused evaluation: the received global model on validation, before training on it
+        val = rt.run_evaluate(site, cfg, received, specs_json=raw[P.SPECS_JSON], task_json=raw[P.TASK_JSON],
+                              node=node, split=str(raw[P.EVAL_SPLIT]),
+                              prediction_mode=str(raw.get(P.PREDICTION_MODE, "")))
+    weights, metrics, info = rt.run_train(site, cfg, received, specs_json=raw[P.SPECS_JSON],
                                           task_json=raw[P.TASK_JSON], node=node,
                                           server_round=int(raw.get(P.SERVER_ROUND, 0)),
                                           run_id=f"flower-{msg.metadata.run_id}")
     content = RecordDict({P.ARRAYS: ArrayRecord({n: Array(a) for n, a in weights.items()}),
-                          P.METRICS: MetricRecord(metrics), P.INFO: ConfigRecord(info)})
+                          P.METRICS: MetricRecord(metrics), P.INFO: ConfigRecord(info),
+                          **({P.VAL_METRICS: MetricRecord(val)} if val is not None else {})})
     return Message(content, reply_to=msg)
 
 

@@ -32,7 +32,8 @@ EVALUATE = "evaluate"
 SERVER_ROUND = "server-round"
 STATS_JSON = "stats-json"  # combined (federated) preprocessing statistics, JSON
 SPLIT = "split"  # evaluate: "val" or "test"
-THRESHOLD = "threshold"  # evaluate (test): the binary decision threshold the server chose on validation
+EVAL_SPLIT = "eval-split"  # train (fused evaluation): evaluate the received model on this split before training
+THRESHOLD = "decision-threshold"  # evaluate (test): the binary decision threshold the server chose on validation
 PREDICTION_MODE = "prediction-mode"  # evaluate: joint | heads | both, chosen by the server on validation
 
 # --- info keys (client -> server, strings) ---------------------------------------------------------------------
@@ -50,6 +51,7 @@ POOLED_KEYS = (HIST_POS, HIST_NEG, CONC_NUM, CONC_DEN)  # list-valued counts, ne
 DECLARED_JSON = "declared-json"  # stats reply: the modality names the site's site.yaml declares (names only)
 
 # --- metric key prefixes (client -> server, numbers) -----------------------------------------------------------
+VAL_METRICS = "val-metrics"  # train reply record (fused evaluation): metrics of the received model on validation
 COUNT_PREFIX = "count."  # count.<modality>, count.any, count.n : training samples that had it
 TRAIN_PREFIX = "train."  # local training metrics (loss parts)
 PRIVACY_PREFIX = "privacy."  # privacy.epsilon, privacy.delta, ... (added by the privacy layer)

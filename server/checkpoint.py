@@ -61,6 +61,15 @@ def save_checkpoint(ckpt_dir: Path, ckpt: Checkpoint) -> Path:
     return ckpt_dir / f"{stem}.safetensors"
 
 
+def update_state(ckpt_dir: Path, rnd: int, fields: dict) -> None:
+    """Rewrite round ``rnd``'s state JSON with ``fields`` added (atomically; the weights stay as they are): with
+    fused evaluation a round is checkpointed when trained and its validation outcome is added when it arrives."""
+    path = ckpt_dir / f"round-{rnd:04d}.json"
+    state = json.loads(path.read_text())
+    state.update(fields)
+    _atomic_write(path, json.dumps(state, indent=1))
+
+
 def _pointer(rnd: int) -> dict:
     stem = f"round-{rnd:04d}"
     return {"round": rnd, "weights": f"{stem}.safetensors", "state": f"{stem}.json"}

@@ -18,7 +18,7 @@ from omnifuse_core.thresholds import choose_threshold, threshold_entry as _thres
 from omnifuse_core.selection import RoundSelection
 
 from .exchange import send_and_receive
-from .checkpoint import Checkpoint, load_latest, load_round, point_final, save_checkpoint
+from .checkpoint import Checkpoint, load_latest, load_round, point_final, save_checkpoint, update_state
 from .privacy import PrivacyRollup
 from .run_dir import RunRecorder, weighted_global
 from .setup import exchange, initial_model
@@ -78,9 +78,37 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
     head = headline_metric(cfg.task)
     stopped = None
     thresholds = {r["round"]: r.get("threshold") for r in rec.data.get("rounds", [])}  # kept rounds of a resumed run
+    # fused evaluation: the model a train exchange sends is validated at the sites before they train on it, so
+    # round r's validation arrives with round r+1's replies; the last model gets a validation exchange of its own.
+    # A round is checkpointed when trained ("validated": false) and its checkpoint state updated when validated.
+    pending = None  # (round, its model) awaiting validation
+    if ckpt is not None and ckpt.state.get("validated") is False:
+        pending = (ckpt.round, arrays)  # resumed: the checkpoint's model is validated with the first train exchange
+
+    def validated(r: int, r_arrays, sites: dict, hists: dict) -> bool:
+        """Record round ``r``'s validation and update the selection and the round's checkpoint; True = stop."""
+        nonlocal mode
+        glob = weighted_global(sites) if sites else {}
+        if cfg.prediction == "auto":
+            mode = best_prediction_mode(glob, head) or mode
+        thresholds[r] = _threshold(hists, cfg)
+        if selection.offer(r, glob.get(head), (r_arrays, mode)) and selection.rule == "best-val":
+            log.info("round %d: best validation %s so far (%s)", r, head, glob.get(head))
+        rec.update_round(r, {"global": glob, "sites": dict(sites), "prediction_mode": mode or None,
+                             "threshold": thresholds[r]})
+        log.info("round %d/%d: global validation %s = %s", r, cfg.rounds, head, glob.get(head))
+        update_state(rec.checkpoints, r, {"prediction_mode": mode, "selection": selection.state(), "validated": True})
+        return selection.should_stop(r)
+
+    if pending and not cfg.fused_evaluate:  # resumed before its validation exchange: run it first
+        _evaluate(grid, strategy, pending[0], pending[1], base, "val", mode)
+        validated(*pending, strategy.eval_sites, strategy.eval_hists)
+        pending = None
+    stop = False
     for rnd in range(start, cfg.rounds + 1):
         t_round = time.monotonic()
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(base)), grid))
+        train_cfg = {**base, **({P.EVAL_SPLIT: "val", P.PREDICTION_MODE: mode or ""} if pending else {})}
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(train_cfg), grid))
         if privacy.central is not None:
             privacy.central.begin_round(len(messages))
         replies = send_and_receive(grid, messages, timeout=cfg.round_timeout, poll=cfg.poll_interval)
@@ -89,38 +117,39 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             log.error("round %d: no valid site update; the global model is unchanged", rnd)
         else:
             arrays = new_arrays
-        glob = _evaluate(grid, strategy, rnd, arrays, base, "val", mode)
-        thresholds[rnd] = _threshold(strategy, cfg)
-        if cfg.prediction == "auto":
-            mode = best_prediction_mode(glob, head) or mode
-        if selection.offer(rnd, glob.get(head), (arrays, mode)) and selection.rule == "best-val":
-            log.info("round %d: best validation %s so far (%s)", rnd, head, glob.get(head))
+        if pending:
+            stop = validated(*pending, strategy.fused_sites, strategy.fused_hists)
         for site, metrics in strategy.train_sites.items():
             rec.record_privacy(site, {k: v for k, v in P.unprefixed(P.PRIVACY_PREFIX, metrics).items()})
         rec.record_round({
-            "round": rnd, "global": glob, "sites": strategy.eval_sites,
+            "round": rnd, "global": {}, "sites": {},
             "train": {s: {**P.unprefixed(P.TRAIN_PREFIX, m), "counts": P.metrics_to_counts(m),
                           "steps": m.get(P.STEPS), "trace": json.loads(strategy.train_info[s].get(P.TRACE_JSON, "{}"))}
                       for s, m in strategy.train_sites.items()},
             "rejected": dict(strategy.rejected), "missing": dict(strategy.missing),
-            **privacy.collect(strategy.train_info, strategy.rejected),
-            "prediction_mode": mode or None, "threshold": thresholds[rnd],
-            "seconds": round(time.monotonic() - t_round, 2)})
+            **privacy.collect(strategy.train_info, strategy.rejected), "seconds": 0.0})
         _write_privacy(rec, privacy)
-        log.info("round %d/%d: global %s = %s (%.1f s)", rnd, cfg.rounds, head, glob.get(head),
-                 time.monotonic() - t_round)
         save_checkpoint(rec.checkpoints, Checkpoint(
             round=rnd, weights=to_numpy(arrays), strategy_arrays=strategy.aggregator.state_arrays(),
             state={"strategy": cfg.strategy, "strategy_state": strategy.aggregator.state_meta(),
                    "config_digest": cfg.digest(), "specs": json.loads(fed.specs_json),
                    "task": json.loads(fed.task_json), "groups": groups, "prediction_mode": mode,
-                   "selection": selection.state()},
+                   "selection": selection.state(), "validated": False},
             stats=fed.stats))
-        if selection.should_stop(rnd):
+        if cfg.fused_evaluate:
+            pending = (rnd, arrays)
+        else:
+            _evaluate(grid, strategy, rnd, arrays, base, "val", mode)
+            stop = validated(rnd, arrays, strategy.eval_sites, strategy.eval_hists)
+        rec.update_round(rnd, {"seconds": round(time.monotonic() - t_round, 2)})
+        if stop:
             log.info("early stopping after round %d: no better validation %s since round %d (patience %d)",
                      rnd, head, selection.best_round, cfg.early_stopping)
             stopped = rnd
             break
+    if pending:  # the last trained model's validation (fused evaluation)
+        _evaluate(grid, strategy, pending[0], pending[1], base, "val", mode)
+        validated(*pending, strategy.eval_sites, strategy.eval_hists)
     final_round, rnd_arrays, mode = _final_model(selection, cfg, arrays, mode, head)
     threshold = thresholds.get(final_round)
     glob = _evaluate(grid, strategy, final_round, rnd_arrays, base, "test", mode,
@@ -165,12 +194,12 @@ def _write_privacy(rec: RunRecorder, privacy: PrivacyRollup) -> None:
         rec.write()
 
 
-def _threshold(strategy: OmniFuseStrategy, cfg: Config):
-    """The binary decision threshold ``threshold-rule`` picks on the validation histograms just received (None for
-    other tasks): from counts per score bin only."""
-    if not strategy.eval_hists:
+def _threshold(hists: dict, cfg: Config):
+    """The binary decision threshold ``threshold-rule`` picks on the sites' validation histograms (None for other
+    tasks): from counts per score bin only."""
+    if not hists:
         return None
-    return choose_threshold(*add_histograms(list(strategy.eval_hists.values())), cfg.threshold_rule, cfg.threshold)
+    return choose_threshold(*add_histograms(list(hists.values())), cfg.threshold_rule, cfg.threshold)
 
 
 def _evaluate(grid, strategy: OmniFuseStrategy, rnd: int, arrays, base: dict, split: str, mode: str,

@@ -83,12 +83,17 @@ class RunRecorder:
         self._handler.addFilter(lambda record: not record.name.startswith(_QUIET))
         root = logging.getLogger()
         root.addHandler(self._handler)
+        self._root_level = root.level
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
+            for h in root.handlers:  # the console keeps its level (-q stays quiet); only the file gets INFO
+                if h is not self._handler and h.level == logging.NOTSET:
+                    h.setLevel(self._root_level or logging.WARNING)
 
     def detach_log(self) -> None:
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
+            logging.getLogger().setLevel(self._root_level)
             self._handler.close()
             self._handler = None
 
@@ -98,6 +103,18 @@ class RunRecorder:
 
     def record_round(self, entry: dict) -> None:
         self.data["rounds"] = [r for r in self.data["rounds"] if r.get("round") != entry["round"]] + [entry]
+        self.write()
+
+    def update_round(self, rnd: int, fields: dict) -> None:
+        """Add ``fields`` to round ``rnd``'s entry (with fused evaluation a round's validation arrives with the next
+        round's training replies); creates the entry when a resumed run lost it."""
+        for entry in self.data["rounds"]:
+            if entry.get("round") == rnd:
+                entry.update(fields)
+                break
+        else:
+            self.data["rounds"] = sorted(self.data["rounds"] + [{"round": rnd, **fields}],
+                                         key=lambda e: e.get("round", 0))
         self.write()
 
     def record_privacy(self, site: str, values: Mapping[str, float]) -> None:

@@ -54,6 +54,8 @@ class OmniFuseStrategy(FedAvg):
         self.eval_sites: dict[str, dict] = {}
         self.eval_hists: dict[str, tuple[list[int], list[int]]] = {}  # site -> test patients per score bin (pos, neg)
         self.eval_conc: dict[str, tuple[list[float], list[float]]] = {}  # site -> concordant, comparable test pairs
+        self.fused_sites: dict[str, dict] = {}  # fused evaluation: validation of the sent model, from train replies
+        self.fused_hists: dict[str, tuple[list[int], list[int]]] = {}
         self.rejected: dict[str, str] = {}
         self.missing: dict[str, str] = {}  # site -> why it contributed no update this round
         self._sampled: list[int] = []
@@ -86,6 +88,7 @@ class OmniFuseStrategy(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         self._sent = to_numpy(arrays)
         self.train_sites, self.train_info, self.rejected, self.missing = {}, {}, {}, {}
+        self.fused_sites, self.fused_hists = {}, {}
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._out, self._sent_to = messages, None  # the Grid sets their message ids when it sends them
         self._sampled = [m.metadata.dst_node_id for m in messages]
@@ -102,6 +105,11 @@ class OmniFuseStrategy(FedAvg):
             if msg.has_error():
                 self._reject(site, f"site error: {msg.error.reason}")
                 continue
+            if P.VAL_METRICS in msg.content.metric_records:  # fused evaluation of the model this round sent
+                metrics, hist, _ = _eval_record(msg.content.metric_records[P.VAL_METRICS])
+                self.fused_sites[site] = metrics
+                if hist:
+                    self.fused_hists[site] = hist
             try:
                 if P.ARRAYS not in msg.content.array_records or P.METRICS not in msg.content.metric_records:
                     raise ReplyRejected(site, "reply lacks the 'arrays' or 'metrics' record")
@@ -164,14 +172,22 @@ class OmniFuseStrategy(FedAvg):
             if P.METRICS not in msg.content.metric_records:
                 log.warning("evaluation reply from site '%s' has no metrics record; ignored", site)
                 continue
-            record = msg.content.metric_records[P.METRICS]
-            self.eval_sites[site] = {k: (int(v) if k == P.COUNT_N else float(v))
-                                     for k, v in record.items() if isinstance(v, (int, float))}
-            if P.HIST_POS in record and P.HIST_NEG in record:
-                self.eval_hists[site] = (list(record[P.HIST_POS]), list(record[P.HIST_NEG]))
-            if P.CONC_NUM in record and P.CONC_DEN in record:
-                self.eval_conc[site] = (list(record[P.CONC_NUM]), list(record[P.CONC_DEN]))
+            self.eval_sites[site], hist, conc = _eval_record(msg.content.metric_records[P.METRICS])
+            if hist:
+                self.eval_hists[site] = hist
+            if conc:
+                self.eval_conc[site] = conc
         self.eval_sites = dict(sorted(self.eval_sites.items()))
         if not self.eval_sites:
             return None
         return MetricRecord(weighted_global(self.eval_sites))
+
+
+def _eval_record(record) -> tuple[dict, tuple | None, tuple | None]:
+    """``(metrics, score histogram, pair counts)`` of an evaluation metric record (counts: None when absent)."""
+    metrics = {k: (int(v) if k == P.COUNT_N else float(v)) for k, v in record.items() if isinstance(v, (int, float))}
+    hist = (list(record[P.HIST_POS]), list(record[P.HIST_NEG])) if P.HIST_POS in record and P.HIST_NEG in record \
+        else None
+    conc = (list(record[P.CONC_NUM]), list(record[P.CONC_DEN])) if P.CONC_NUM in record and P.CONC_DEN in record \
+        else None
+    return metrics, hist, conc

@@ -50,6 +50,11 @@ def _cfg(root: Path, run_dir: Path, **kw) -> Config:
     return Config.load("smoke").replace(data_root=str(root), run_dir=str(run_dir), min_sites=3, **kw)
 
 
+def _scripted(root: Path, run_dir: Path, **kw) -> Config:
+    """For ScriptedValidation (it edits evaluate replies): validation as its own exchange."""
+    return _cfg(root, run_dir, fused_evaluate=False, **kw)
+
+
 def test_loop_writes_run_dir_and_resumes(smoke_root, tmp_path):
     run_dir = tmp_path / "run"
     run_federation(InProcessGrid(3), _cfg(smoke_root, run_dir, rounds=1))
@@ -154,7 +159,7 @@ def test_best_val_tests_the_best_round_and_keeps_it_across_a_resume(smoke_root, 
 
     run_dir = tmp_path / "run"
     run_federation(InProcessGrid(3, ScriptedValidation({1: 0.9, 2: 0.5}, 1)),
-                   _cfg(smoke_root, run_dir, rounds=2, final_model="best-val"))
+                   _scripted(smoke_root, run_dir, rounds=2, final_model="best-val"))
     first = json.loads((run_dir / "metrics.json").read_text())
     assert [r["global"]["auroc"] for r in first["rounds"]] == pytest.approx([0.9, 0.5])
     assert first["final"]["model_round"] == 1 and first["final"]["final_model"] == "best-val"
@@ -164,7 +169,7 @@ def test_best_val_tests_the_best_round_and_keeps_it_across_a_resume(smoke_root, 
     assert meta["checkpoint"].endswith("round-0001.safetensors")
     # resume to 3 rounds: round 3 (0.6) does not beat round 1, whose weights come back from disk
     run_federation(InProcessGrid(3, ScriptedValidation({3: 0.6}, 3)),
-                   _cfg(smoke_root, run_dir, rounds=3, final_model="best-val"), resume=True)
+                   _scripted(smoke_root, run_dir, rounds=3, final_model="best-val"), resume=True)
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
     assert resumed["final"]["model_round"] == 1
@@ -173,7 +178,7 @@ def test_best_val_tests_the_best_round_and_keeps_it_across_a_resume(smoke_root, 
 
 def test_last_tests_the_last_round(smoke_root, tmp_path):
     run_dir = tmp_path / "run"
-    run_federation(InProcessGrid(3, ScriptedValidation({1: 0.9, 2: 0.5}, 1)), _cfg(smoke_root, run_dir, rounds=2))
+    run_federation(InProcessGrid(3, ScriptedValidation({1: 0.9, 2: 0.5}, 1)), _scripted(smoke_root, run_dir, rounds=2))
     final = json.loads((run_dir / "metrics.json").read_text())["final"]
     assert final["model_round"] == 2 and final["final_model"] == "last"
     assert json.loads((run_dir / "checkpoints" / "final.json").read_text())["round"] == 2
@@ -182,7 +187,34 @@ def test_last_tests_the_last_round(smoke_root, tmp_path):
 def test_early_stopping_ends_the_run_patience_rounds_after_the_best(smoke_root, tmp_path):
     run_dir = tmp_path / "run"
     run_federation(InProcessGrid(3, ScriptedValidation({1: 0.6, 2: 0.8, 3: 0.7, 4: 0.75, 5: 0.9}, 1)),
-                   _cfg(smoke_root, run_dir, rounds=6, final_model="best-val", early_stopping=2))
+                   _scripted(smoke_root, run_dir, rounds=6, final_model="best-val", early_stopping=2))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3, 4]  # rounds 3 and 4 did not beat round 2
     assert metrics["final"]["stopped_early"] == 4 and metrics["final"]["model_round"] == 2
+
+
+
+def test_fused_evaluation_records_what_a_separate_validation_exchange_records(smoke_root, tmp_path):
+    """One exchange per round: each round's validation rides on the next round's train replies (the last round gets
+    its own); the run records the same validation and test numbers as with a separate evaluate exchange."""
+    sent = {}
+
+    class Counting(InProcessGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            for m in messages:
+                sent[m.metadata.message_type] = sent.get(m.metadata.message_type, 0) + 1
+            return super().send_and_receive(messages, timeout=timeout)
+
+    runs = {}
+    for fused in (True, False):
+        sent.clear()
+        run_federation(Counting(3), _cfg(smoke_root, tmp_path / str(fused), rounds=3, fused_evaluate=fused))
+        runs[fused] = (json.loads((tmp_path / str(fused) / "metrics.json").read_text()), dict(sent))
+    (fused, n_fused), (plain, n_plain) = runs[True], runs[False]
+    assert n_fused["train"] == n_plain["train"] == 9
+    assert n_fused["evaluate"] == 3 + 3 and n_plain["evaluate"] == 9 + 3  # last round's val + test; every val + test
+    for a, b in zip(fused["rounds"], plain["rounds"]):
+        assert a["round"] == b["round"] and a["global"]["auroc"] == pytest.approx(b["global"]["auroc"], abs=1e-9)
+        assert a["threshold"] == b["threshold"] and set(a["sites"]) == set(b["sites"])
+    assert fused["final"]["global"]["auroc"] == pytest.approx(plain["final"]["global"]["auroc"], abs=1e-9)

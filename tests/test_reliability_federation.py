@@ -86,7 +86,8 @@ def test_site_drops_out_of_one_round_and_rejoins(fed_root, tmp_path):
     everyone = {"hospital_a", "hospital_b", "hospital_c"}
     assert set(r1["train"]) == {"hospital_a", "hospital_c"}
     assert list(r1["missing"]) == ["hospital_b"] and "no reply" in r1["missing"]["hospital_b"]
-    assert set(r1["sites"]) == {"hospital_a", "hospital_c"}  # its validation metrics are missing too
+    # fused evaluation: round 1's model is validated with round 2's train exchange, where hospital_b is back
+    assert set(r1["sites"]) == everyone
     assert set(r2["train"]) == everyone and r2["missing"] == {}  # it rejoined and trained
     assert r2["train"]["hospital_b"]["counts"]["n"] > 0
     assert set(m["final"]["sites"]) == everyone
