@@ -1,4 +1,4 @@
-"""B8 — real cohorts: small public clinical survival cohorts in the 3-site layout, OmniFuse (federated and centralized)
+"""B9 — real cohorts: small public clinical survival cohorts in the 3-site layout, OmniFuse (federated and centralized)
 against an elastic-net Cox model (scikit-survival) on the same training patients with the same gaps.
 
 The cohorts ship inside PyPI wheels and are loaded at benchmark time, never vendored (``pip install -e '.[bench]'``):

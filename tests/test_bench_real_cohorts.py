@@ -1,4 +1,4 @@
-"""B8 (bench/real_cohorts.py): the 3-site layout is valid site data with the stated gaps and splits, the anchor
+"""B9 (bench/real_cohorts.py): the 3-site layout is valid site data with the stated gaps and splits, the anchor
 (elastic-net Cox) scores every test patient, and one repeat of the whole benchmark runs on a real cohort."""
 from __future__ import annotations
 
