@@ -101,15 +101,21 @@ _CACHE: dict[tuple, Any] = {}
 _CACHE_SIZE = 4
 
 
-def load_site_cached(path: Path, cfg: Config, stats: Optional[dict]):
-    """``omnifuse_core.data.site.load_site`` memoised on (path, config digest, statistics), a few sites deep."""
+def load_site_cached(path: Path, cfg: Config, stats: Optional[dict], state_dir: Optional[Path] = None):
+    """``omnifuse_core.data.site.load_site`` memoised on (path, config digest, statistics), a few sites deep, and
+    with ``site-cache`` on (default) through the on-disk cache in ``<state_dir>/site-cache`` that later ClientApp
+    processes map in (omnifuse_core.data.site_cache)."""
     from omnifuse_core.data.site import load_site
+    from omnifuse_core.data.site_cache import load_site_disk_cached
 
     key = (str(path), cfg.digest(), json.dumps(stats, sort_keys=True, default=str))
     if key not in _CACHE:
         while len(_CACHE) >= _CACHE_SIZE:  # a simulation worker may serve several sites
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = load_site(path, cfg, stats=stats)
+        if cfg.site_cache and state_dir is not None:
+            _CACHE[key] = load_site_disk_cached(path, cfg, stats, Path(state_dir) / "site-cache")
+        else:
+            _CACHE[key] = load_site(path, cfg, stats=stats)
     return _CACHE[key]
 
 

@@ -100,6 +100,7 @@ class Config:
     min_sites: int = 1  # SuperNodes that must be connected before setup and before each round starts
     min_train_replies: int = 1  # valid site updates a round needs to be aggregated (else the model is kept)
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies; late sites count as missing
+    site_cache: bool = True  # a site writes its loaded tensors under state-dir/site-cache for later messages
     fused_evaluate: bool = True  # validation rides on the next round's train exchange (one exchange per round)
     poll_interval: float = 0.1  # seconds between the ServerApp's pulls for replies (Flower's own: a fixed 3 s)
     fraction_train: float = 1.0
