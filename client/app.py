@@ -70,7 +70,7 @@ def query_describe(msg: Message, context: Context) -> Message:
     """Modality specs and task spec of this site (shapes only), loaded with the combined statistics."""
     cfg, raw = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
-    site = rt.load_site_cached(node.path, cfg, _stats(raw), node.state_dir)
+    site = rt.load_site_cached(node.path, cfg, _stats(raw), node.cache_dir)
     return Message(RecordDict({P.INFO: ConfigRecord(rt.describe(site))}), reply_to=msg)
 
 
@@ -87,7 +87,7 @@ def train(msg: Message, context: Context) -> Message:
     """
     cfg, raw = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
-    site = rt.load_site_cached(node.path, cfg, _stats(raw), node.state_dir)
+    site = rt.load_site_cached(node.path, cfg, _stats(raw), node.cache_dir)
     received = _weights(msg)
     val = None
     if raw.get(P.EVAL_SPLIT):  # fused evaluation: the received global model on validation, before training on it
@@ -110,7 +110,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of the global model on this site's validation or test split."""
     cfg, raw = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
-    site = rt.load_site_cached(node.path, cfg, _stats(raw), node.state_dir)
+    site = rt.load_site_cached(node.path, cfg, _stats(raw), node.cache_dir)
     metrics = rt.run_evaluate(site, cfg, _weights(msg), specs_json=raw[P.SPECS_JSON], task_json=raw[P.TASK_JSON],
                               node=node, split=str(raw.get(P.SPLIT, "val")),
                               prediction_mode=str(raw.get(P.PREDICTION_MODE, "")),

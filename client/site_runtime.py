@@ -21,6 +21,7 @@ import yaml
 from omnifuse_core import protocol as P
 from omnifuse_core.batch import ModalitySpec, TaskSpec
 from omnifuse_core.config import Config
+from omnifuse_core.data.text import CACHE_DIRNAME
 from omnifuse_core.weights import get_trainable, set_trainable, trainable_count
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class NodeSite:
     state_dir: Path
     device: str
     max_epsilon: Optional[float]
+    cache_dir: Optional[Path] = None  # the site cache: <state-dir>/site-cache, else inside the site folder
 
 
 def resolve_node_site(node_config: Mapping[str, Any], cfg: Config) -> NodeSite:
@@ -64,8 +66,10 @@ def resolve_node_site(node_config: Mapping[str, Any], cfg: Config) -> NodeSite:
                              "start the SuperNode with --node-config 'data-path=\"/abs/site\"'")
     if not path.is_dir():
         raise SiteSetupError(f"site folder {path} does not exist; check the node config 'data-path'")
+    cache = path.resolve() / CACHE_DIRNAME / "site-cache"  # next to the text-embedding cache, in the site folder
     if node_config.get("state-dir"):
         state = Path(str(node_config["state-dir"])).expanduser()
+        cache = state / "site-cache"
     elif cfg.run_dir and "partition-id" in node_config:  # simulation: server and sites share the machine
         state = Path(cfg.run_dir) / "site-state" / path.name
     else:
@@ -74,7 +78,7 @@ def resolve_node_site(node_config: Mapping[str, Any], cfg: Config) -> NodeSite:
     device = str(node_config.get("device", "") or cfg.device)
     max_eps = node_config.get("max-epsilon")
     return NodeSite(path=path.resolve(), state_dir=state, device=device,
-                    max_epsilon=float(max_eps) if max_eps not in (None, "") else None)
+                    max_epsilon=float(max_eps) if max_eps not in (None, "") else None, cache_dir=cache)
 
 
 def _partition_site(pid: int, data_root: str) -> Path:
@@ -101,10 +105,10 @@ _CACHE: dict[tuple, Any] = {}
 _CACHE_SIZE = 4
 
 
-def load_site_cached(path: Path, cfg: Config, stats: Optional[dict], state_dir: Optional[Path] = None):
+def load_site_cached(path: Path, cfg: Config, stats: Optional[dict], cache_dir: Optional[Path] = None):
     """``omnifuse_core.data.site.load_site`` memoised on (path, config digest, statistics), a few sites deep, and
-    with ``site-cache`` on (default) through the on-disk cache in ``<state_dir>/site-cache`` that later ClientApp
-    processes map in (omnifuse_core.data.site_cache)."""
+    with ``site-cache`` on (default) through the on-disk cache in ``cache_dir`` (``NodeSite.cache_dir``) that
+    later ClientApp processes map in (omnifuse_core.data.site_cache)."""
     from omnifuse_core.data.site import load_site
     from omnifuse_core.data.site_cache import load_site_disk_cached
 
@@ -112,8 +116,8 @@ def load_site_cached(path: Path, cfg: Config, stats: Optional[dict], state_dir: 
     if key not in _CACHE:
         while len(_CACHE) >= _CACHE_SIZE:  # a simulation worker may serve several sites
             _CACHE.pop(next(iter(_CACHE)))
-        if cfg.site_cache and state_dir is not None:
-            _CACHE[key] = load_site_disk_cached(path, cfg, stats, Path(state_dir) / "site-cache")
+        if cfg.site_cache and cache_dir is not None:
+            _CACHE[key] = load_site_disk_cached(path, cfg, stats, Path(cache_dir))
         else:
             _CACHE[key] = load_site(path, cfg, stats=stats)
     return _CACHE[key]
