@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Callable
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -39,6 +40,21 @@ def _stats(raw: dict) -> dict | None:
 def _weights(msg: Message) -> dict:
     record = msg.content[P.ARRAYS]
     return {name: arr.numpy() for name, arr in record.items()}
+
+
+class _Clock:
+    """Seconds a message spends per stage (``time.load``, ``time.evaluate``, ``time.train``, ``time.serialise``)."""
+
+    def __init__(self) -> None:
+        self._t, self._laps = time.perf_counter(), {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self._laps[stage] = self._laps.get(stage, 0.0) + (now - self._t)
+        self._t = now
+
+    def metrics(self) -> dict[str, float]:
+        return {f"{P.TIME_PREFIX}{k}": round(v, 4) for k, v in self._laps.items()}
 
 
 def _guard(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
@@ -85,22 +101,27 @@ def train(msg: Message, context: Context) -> Message:
     becomes an error reply naming the site and the projected epsilon; the spend is in the site's ledger before
     this reply is built, and the reply carries ``privacy.*`` metrics and the site's privacy report (JSON).
     """
+    clock = _Clock()
     cfg, raw = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
     site = rt.load_site_cached(node.path, cfg, _stats(raw), node.cache_dir)
+    clock.lap("load")
     received = _weights(msg)
     val = None
     if raw.get(P.EVAL_SPLIT):  # fused evaluation: the received global model on validation, before training on it
         val = rt.run_evaluate(site, cfg, received, specs_json=raw[P.SPECS_JSON], task_json=raw[P.TASK_JSON],
                               node=node, split=str(raw[P.EVAL_SPLIT]),
                               prediction_mode=str(raw.get(P.PREDICTION_MODE, "")))
+        clock.lap("evaluate")
     weights, metrics, info = rt.run_train(site, cfg, received, specs_json=raw[P.SPECS_JSON],
                                           task_json=raw[P.TASK_JSON], node=node,
                                           server_round=int(raw.get(P.SERVER_ROUND, 0)),
                                           run_id=f"flower-{msg.metadata.run_id}")
-    content = RecordDict({P.ARRAYS: ArrayRecord({n: Array(a) for n, a in weights.items()}),
-                          P.METRICS: MetricRecord(metrics), P.INFO: ConfigRecord(info),
-                          **({P.VAL_METRICS: MetricRecord(val)} if val is not None else {})})
+    clock.lap("train")
+    arrays = ArrayRecord({n: Array(a) for n, a in weights.items()})
+    clock.lap("serialise")
+    content = RecordDict({P.ARRAYS: arrays, P.METRICS: MetricRecord({**metrics, **clock.metrics()}),
+                          P.INFO: ConfigRecord(info), **({P.VAL_METRICS: MetricRecord(val)} if val is not None else {})})
     return Message(content, reply_to=msg)
 
 
@@ -108,13 +129,17 @@ def train(msg: Message, context: Context) -> Message:
 @_guard
 def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of the global model on this site's validation or test split."""
+    clock = _Clock()
     cfg, raw = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
     site = rt.load_site_cached(node.path, cfg, _stats(raw), node.cache_dir)
+    clock.lap("load")
     metrics = rt.run_evaluate(site, cfg, _weights(msg), specs_json=raw[P.SPECS_JSON], task_json=raw[P.TASK_JSON],
                               node=node, split=str(raw.get(P.SPLIT, "val")),
                               prediction_mode=str(raw.get(P.PREDICTION_MODE, "")),
                               threshold=float(raw.get(P.THRESHOLD, cfg.threshold)))
-    content = RecordDict({P.METRICS: MetricRecord(metrics), P.INFO: ConfigRecord({P.SITE: site.name})})
+    clock.lap("evaluate")
+    content = RecordDict({P.METRICS: MetricRecord({**metrics, **clock.metrics()}),
+                          P.INFO: ConfigRecord({P.SITE: site.name})})
     return Message(content, reply_to=msg)
 

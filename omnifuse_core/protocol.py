@@ -52,6 +52,7 @@ DECLARED_JSON = "declared-json"  # stats reply: the modality names the site's si
 
 # --- metric key prefixes (client -> server, numbers) -----------------------------------------------------------
 VAL_METRICS = "val-metrics"  # train reply record (fused evaluation): metrics of the received model on validation
+TIME_PREFIX = "time."  # seconds a site's message spent loading, evaluating, training, serialising (timing only)
 COUNT_PREFIX = "count."  # count.<modality>, count.any, count.n : training samples that had it
 TRAIN_PREFIX = "train."  # local training metrics (loss parts)
 PRIVACY_PREFIX = "privacy."  # privacy.epsilon, privacy.delta, ... (added by the privacy layer)
@@ -59,7 +60,7 @@ STEPS = "steps"
 COUNT_ANY = "any"
 COUNT_N = "n"
 
-TRAIN_METRIC_PREFIXES = (COUNT_PREFIX, TRAIN_PREFIX, PRIVACY_PREFIX)
+TRAIN_METRIC_PREFIXES = (COUNT_PREFIX, TRAIN_PREFIX, PRIVACY_PREFIX, TIME_PREFIX)
 
 
 def counts_to_metrics(counts: Mapping[str, int]) -> dict[str, int]:

@@ -85,7 +85,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
     if ckpt is not None and ckpt.state.get("validated") is False:
         pending = (ckpt.round, arrays)  # resumed: the checkpoint's model is validated with the first train exchange
 
-    def validated(r: int, r_arrays, sites: dict, hists: dict) -> bool:
+    def validated(r: int, r_arrays, sites: dict, hists: dict, timing: dict | None = None) -> bool:
         """Record round ``r``'s validation and update the selection and the round's checkpoint; True = stop."""
         nonlocal mode
         glob = weighted_global(sites) if sites else {}
@@ -96,13 +96,18 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             log.info("round %d: best validation %s so far (%s)", r, head, glob.get(head))
         rec.update_round(r, {"global": glob, "sites": dict(sites), "prediction_mode": mode or None,
                              "threshold": thresholds[r]})
+        if timing:  # its own evaluate exchange: add that message's timing to the round's
+            merged = next((e.get("timing") for e in rec.data["rounds"] if e.get("round") == r), None) or {}
+            for site, t in timing.items():
+                merged.setdefault(site, {})["evaluate"] = t
+            rec.update_round(r, {"timing": merged})
         log.info("round %d/%d: global validation %s = %s", r, cfg.rounds, head, glob.get(head))
         update_state(rec.checkpoints, r, {"prediction_mode": mode, "selection": selection.state(), "validated": True})
         return selection.should_stop(r)
 
     if pending and not cfg.fused_evaluate:  # resumed before its validation exchange: run it first
         _evaluate(grid, strategy, pending[0], pending[1], base, "val", mode)
-        validated(*pending, strategy.eval_sites, strategy.eval_hists)
+        validated(*pending, strategy.eval_sites, strategy.eval_hists, strategy.eval_timing)
         pending = None
     stop = False
     for rnd in range(start, cfg.rounds + 1):
@@ -127,7 +132,8 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
                           "steps": m.get(P.STEPS), "trace": json.loads(strategy.train_info[s].get(P.TRACE_JSON, "{}"))}
                       for s, m in strategy.train_sites.items()},
             "rejected": dict(strategy.rejected), "missing": dict(strategy.missing),
-            **privacy.collect(strategy.train_info, strategy.rejected), "seconds": 0.0})
+            **privacy.collect(strategy.train_info, strategy.rejected), "seconds": 0.0,
+            "timing": {s: {"train": P.unprefixed(P.TIME_PREFIX, m)} for s, m in strategy.train_sites.items()}})
         _write_privacy(rec, privacy)
         save_checkpoint(rec.checkpoints, Checkpoint(
             round=rnd, weights=to_numpy(arrays), strategy_arrays=strategy.aggregator.state_arrays(),
@@ -140,7 +146,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             pending = (rnd, arrays)
         else:
             _evaluate(grid, strategy, rnd, arrays, base, "val", mode)
-            stop = validated(rnd, arrays, strategy.eval_sites, strategy.eval_hists)
+            stop = validated(rnd, arrays, strategy.eval_sites, strategy.eval_hists, strategy.eval_timing)
         rec.update_round(rnd, {"seconds": round(time.monotonic() - t_round, 2)})
         if stop:
             log.info("early stopping after round %d: no better validation %s since round %d (patience %d)",
@@ -149,7 +155,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             break
     if pending:  # the last trained model's validation (fused evaluation)
         _evaluate(grid, strategy, pending[0], pending[1], base, "val", mode)
-        validated(*pending, strategy.eval_sites, strategy.eval_hists)
+        validated(*pending, strategy.eval_sites, strategy.eval_hists, strategy.eval_timing)
     final_round, rnd_arrays, mode = _final_model(selection, cfg, arrays, mode, head)
     threshold = thresholds.get(final_round)
     glob = _evaluate(grid, strategy, final_round, rnd_arrays, base, "test", mode,
@@ -159,6 +165,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
     rec.record_final({"global": glob, "sites": strategy.eval_sites, "split": "test",
                       "prediction_mode": mode or None, "rounds": cfg.rounds, "final_model": cfg.final_model,
                       "model_round": final_round, "stopped_early": stopped,
+                      "timing": {s: {"evaluate": t} for s, t in strategy.eval_timing.items()},
                       "threshold": _threshold_entry(cfg, threshold, f"validation of round {final_round}"), "seconds": round(time.monotonic() - t0, 2),
                       **pooled_entry(list(strategy.eval_hists.values()), cfg.score_bins, cfg.seed),
                       **pooled_survival_entry(list(strategy.eval_conc.values()))})

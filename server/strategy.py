@@ -54,6 +54,7 @@ class OmniFuseStrategy(FedAvg):
         self.eval_sites: dict[str, dict] = {}
         self.eval_hists: dict[str, tuple[list[int], list[int]]] = {}  # site -> test patients per score bin (pos, neg)
         self.eval_conc: dict[str, tuple[list[float], list[float]]] = {}  # site -> concordant, comparable test pairs
+        self.eval_timing: dict[str, dict] = {}  # site -> seconds its evaluate message spent per stage
         self.fused_sites: dict[str, dict] = {}  # fused evaluation: validation of the sent model, from train replies
         self.fused_hists: dict[str, tuple[list[int], list[int]]] = {}
         self.rejected: dict[str, str] = {}
@@ -159,7 +160,7 @@ class OmniFuseStrategy(FedAvg):
     # --- evaluate ------------------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        self.eval_sites, self.eval_hists, self.eval_conc = {}, {}, {}
+        self.eval_sites, self.eval_hists, self.eval_conc, self.eval_timing = {}, {}, {}, {}
         self._out, self._sent_to = list(super().configure_evaluate(server_round, arrays, config, grid)), None
         return self._out
 
@@ -172,7 +173,9 @@ class OmniFuseStrategy(FedAvg):
             if P.METRICS not in msg.content.metric_records:
                 log.warning("evaluation reply from site '%s' has no metrics record; ignored", site)
                 continue
-            self.eval_sites[site], hist, conc = _eval_record(msg.content.metric_records[P.METRICS])
+            record = msg.content.metric_records[P.METRICS]
+            self.eval_sites[site], hist, conc = _eval_record(record)
+            self.eval_timing[site] = P.unprefixed(P.TIME_PREFIX, dict(record))
             if hist:
                 self.eval_hists[site] = hist
             if conc:
@@ -185,7 +188,8 @@ class OmniFuseStrategy(FedAvg):
 
 def _eval_record(record) -> tuple[dict, tuple | None, tuple | None]:
     """``(metrics, score histogram, pair counts)`` of an evaluation metric record (counts: None when absent)."""
-    metrics = {k: (int(v) if k == P.COUNT_N else float(v)) for k, v in record.items() if isinstance(v, (int, float))}
+    metrics = {k: (int(v) if k == P.COUNT_N else float(v)) for k, v in record.items()
+               if isinstance(v, (int, float)) and not k.startswith(P.TIME_PREFIX)}
     hist = (list(record[P.HIST_POS]), list(record[P.HIST_NEG])) if P.HIST_POS in record and P.HIST_NEG in record \
         else None
     conc = (list(record[P.CONC_NUM]), list(record[P.CONC_DEN])) if P.CONC_NUM in record and P.CONC_DEN in record \

@@ -218,3 +218,19 @@ def test_fused_evaluation_records_what_a_separate_validation_exchange_records(sm
         assert a["round"] == b["round"] and a["global"]["auroc"] == pytest.approx(b["global"]["auroc"], abs=1e-9)
         assert a["threshold"] == b["threshold"] and set(a["sites"]) == set(b["sites"])
     assert fused["final"]["global"]["auroc"] == pytest.approx(plain["final"]["global"]["auroc"], abs=1e-9)
+
+
+def test_rounds_record_each_sites_message_timing(smoke_root, tmp_path):
+    """metrics.json: per round and site, seconds the train message spent loading, evaluating (fused), training and
+    serialising; the last round's own validation exchange and the final test record theirs."""
+    run_dir = tmp_path / "run"
+    run_federation(InProcessGrid(3), _cfg(smoke_root, run_dir, rounds=2))
+    m = json.loads((run_dir / "metrics.json").read_text())
+    r1, r2 = m["rounds"]
+    sites = {"hospital_a", "hospital_b", "hospital_c"}
+    assert set(r1["timing"]) == sites and set(r1["timing"]["hospital_a"]["train"]) == {"load", "train", "serialise"}
+    assert set(r2["timing"]["hospital_a"]["train"]) == {"load", "evaluate", "train", "serialise"}  # fused val of r1
+    assert set(r2["timing"]["hospital_a"]["evaluate"]) == {"load", "evaluate"}  # the last model's own validation
+    assert all(v >= 0 for t in r2["timing"].values() for msg in t.values() for v in msg.values())
+    assert set(m["final"]["timing"]) == sites
+    assert not any(k.startswith("time.") for k in r1["global"]) and "time.load" not in m["final"]["global"]

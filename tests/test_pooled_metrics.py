@@ -113,6 +113,9 @@ def test_federated_and_reference_runs_record_the_pooled_binned_auroc(tmp_path):
     assert pooled["n"] == final["global"]["n"] and pooled["bins"] == 1000
     assert pooled["auroc_ci_low"] <= pooled["auroc"] <= pooled["auroc_ci_high"]
     assert all("hist.pos" not in site for site in final["sites"].values())  # counts are not stored per site
+    from omnifuse_core.report import write_report
+    html = write_report(tmp_path / "fl").read_text()
+    assert "median seconds per stage of each site" in html and "How to read this" in html
 
     result = CliRunner().invoke(cli, ["-q", "train", "--no-report", "--mode", "centralized", "--config", "smoke", "--data", str(fed),
                                       "--out", str(tmp_path / "c"), "--set", "rounds=1"])

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from . import sections_pred as sp
 from . import sections_run as sr
+from . import sections_timing as st
 from .collect import RunData, collect
 from .model_card import write_model_card
 
@@ -36,7 +37,7 @@ def build_sections(data: RunData, *, n_groups: int = 3, clusters: int = 3) -> li
     data.strata = strat  # reused by the model card
     return [sr.overview(data), sr.rounds(data), sr.availability(data), sr.omega(data), sr.tla(data),
             sr.imputation(data), sp.embedding(data), sp.roc(data), sp.calibration(data), sp.survival(data, strat),
-            sp.stratification(data, strat), sr.privacy(data), sr.config(data), sr.versions(data)]
+            sp.stratification(data, strat), sr.privacy(data), st.timing(data), sr.config(data), sr.versions(data)]
 
 
 def render_html(data: RunData, sections: Sequence[sr.Section]) -> str:
