@@ -21,7 +21,7 @@ import yaml
 from omnifuse_core import protocol as P
 from omnifuse_core.batch import ModalitySpec, TaskSpec
 from omnifuse_core.config import Config
-from omnifuse_core.data.text import CACHE_DIRNAME
+from omnifuse_core.data.sitedata import CACHE_DIRNAME
 from omnifuse_core.weights import get_trainable, set_trainable, trainable_count
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,8 @@ def flower_env(work: Path, ray_tmp: Optional[Path] = None) -> dict[str, str]:
         "UV_CACHE_DIR": str(work / "uv_cache"), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
     })
+    # the SuperExec starts a ClientApp/ServerApp process when it finds a task; Flower polls every 1 s by default
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
     for key in ("FLWR_HOME", "RAY_TMPDIR", "UV_CACHE_DIR"):
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     return env

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,47 +11,13 @@ import torch
 
 from ..batch import ModalitySpec, MultimodalDataset, TaskSpec
 from ..config import Config
-from .problems import SiteDataError, ValidationReport
+from .problems import SiteDataError
+from .sitedata import SiteData
 from .scan import SiteScan, scan_site
 from .stats import mean_std, stats_from_scan, survival_bin_edges
 from .text import CACHE_DIRNAME, TextEmbedder, embed_texts
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SiteData:
-    """One site, ready for training.
-
-    Args:
-        name: site name (from site.yaml).
-        path: the site folder.
-        specs: modality specs in the config's modality order (identical across sites for one config).
-        task: the task spec (survival: bin edges from the statistics).
-        train: training split.
-        val: validation split.
-        test: test split.
-        skipped: ``{modality or "rows": {reason: count}}`` of invalid entries left out (on-invalid: skip).
-        fingerprint: SHA-256 hex of the cohort table and every referenced file (the privacy ledger key).
-        stats: the statistics used for standardization.
-        report: the validation report.
-    """
-
-    name: str
-    path: Path
-    specs: list[ModalitySpec]
-    task: TaskSpec
-    train: MultimodalDataset
-    val: MultimodalDataset
-    test: MultimodalDataset
-    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
-    fingerprint: str = ""
-    stats: dict = field(default_factory=dict)
-    report: ValidationReport | None = None
-
-    @property
-    def splits(self) -> dict[str, MultimodalDataset]:
-        return {"train": self.train, "val": self.val, "test": self.test}
 
 
 def load_site(path: str | Path, cfg: Config, *, stats: dict | None = None,

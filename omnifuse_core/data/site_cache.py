@@ -32,7 +32,7 @@ import torch
 
 from ..batch import ModalitySpec, MultimodalDataset, TaskSpec
 from .problems import Problem, ValidationReport
-from .text import CACHE_DIRNAME
+from .sitedata import CACHE_DIRNAME, SiteData
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -98,8 +98,6 @@ def load(folder: Path, key: str, site_dir: Path):
     """The cached ``SiteData`` in ``folder`` when it was written for ``key``; None otherwise (with a note when a
     cache exists but is foreign or unreadable)."""
     from safetensors.torch import load_file
-
-    from .site import SiteData
 
     meta_path = folder / "meta.json"
     if not meta_path.is_file():

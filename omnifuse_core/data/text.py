@@ -18,10 +18,10 @@ import numpy as np
 from ..batch import KIND_TEXT
 from .base import ModalityData, ReadContext, empty
 from .descriptor import ModalityDesc
+from .sitedata import CACHE_DIRNAME  # noqa: F401 (re-exported: the text cache folder)
 
 log = logging.getLogger(__name__)
 
-CACHE_DIRNAME = ".omnifuse_cache"
 
 
 def default_model_path() -> Path:
