@@ -1,4 +1,5 @@
 """`write_report`: a tiny centralized run gives every plot that applies; absent parts are notes, never errors."""
+import html
 import json
 import re
 import shutil
@@ -48,7 +49,7 @@ def test_centralized_report_has_every_plot_that_applies(report, run):
     with_plot = ["rounds", "availability", "omega", "tla", "imputation", "embedding", "roc", "calibration"]
     for sid in with_plot:
         assert "<img" in section(report, sid), sid
-    assert report.count("<img") == 9  # rounds has two figures
+    assert report.count("<img") == 10  # rounds has two figures, timing one (seconds per round)
     assert "Kaplan" in section(report, "survival") and 'class="note"' in section(report, "survival")
     assert "<table>" in section(report, "stratification") and "positive rate" in section(report, "stratification")
     assert "trained without differential privacy" in section(report, "privacy")
@@ -72,7 +73,7 @@ def test_report_without_sites_uses_run_records_only(run, tmp_path):
     assert "recorded by the run" in section(html, "availability")  # final.availability in metrics.json
     for sid in ("roc", "calibration", "embedding"):
         assert "<img" not in section(html, sid) and "--site DIR" in section(html, sid)
-    assert html.count("<img") == 4
+    assert html.count("<img") == 5  # the timing section adds seconds per round
 
 
 def test_federated_records_and_privacy_reports(run, tmp_path):
@@ -127,3 +128,33 @@ def test_cli_report(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"report: {(copy / 'report.html').resolve()}" in result.output
     assert (copy / "model_card.md").is_file()
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and not shutil.which("chromium-browser"),
+                    reason="needs a headless Chromium")
+@pytest.mark.parametrize("width", [1280, 390])
+def test_report_fits_desktop_and_phone_widths(report, tmp_path, width):
+    """Headless Chromium lays the report out at a desktop and a phone width: no image, table or section is wider
+    than the viewport (the page never scrolls sideways), every section has its "how to read this" line, and a
+    screenshot is taken at each width."""
+    import subprocess
+
+    probe = ("<script>window.addEventListener('load',()=>{const w=document.documentElement.clientWidth;"
+             "const wide=[...document.querySelectorAll('img,table,section,pre,nav')]"
+             ".filter(e=>e.getBoundingClientRect().right>w+1).map(e=>e.tagName+'#'+(e.id||e.closest('section')?.id));"
+             "document.title='LAYOUT '+JSON.stringify({w,scroll:document.documentElement.scrollWidth,wide});});"
+             "</script>")
+    page = tmp_path / "report.html"
+    page.write_text(report.replace("</body>", probe + "</body>"))
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    common = [chrome, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},2400",
+              "--virtual-time-budget=5000", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    title = re.search(r"<title>LAYOUT (.*?)</title>", dom)
+    assert title, dom[:500]
+    layout = json.loads(html.unescape(title.group(1)))
+    assert layout["wide"] == [] and layout["scroll"] <= layout["w"], layout
+    shot = tmp_path / f"report-{width}.png"
+    subprocess.run([*common, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    assert report.count("How to read this:") >= len(SECTIONS) - 2

@@ -27,8 +27,33 @@ h1{font-size:1.6em;border-bottom:2px solid #246;padding-bottom:.2em}h2{font-size
 h3{font-size:1.05em}nav a{margin-right:.8em;font-size:.9em}table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}th{background:#eef}img{max-width:100%;display:block;
 margin:.6em 0}.note{color:#666;font-style:italic}pre{background:#f6f6f6;padding:.6em;font-size:.8em;overflow:auto;
-max-height:30em}footer{margin-top:2em;color:#888;font-size:.8em}
+max-height:30em}footer{margin-top:2em;color:#888;font-size:.8em}.how{color:#345;font-size:.92em}
+table{display:block;overflow-x:auto;max-width:100%}img{height:auto}
+@media (max-width:640px){body{padding:.5em .7em}nav a{display:inline-block;margin:.15em .6em .15em 0}}
 """
+
+#: one line per section: what it shows and how to read it
+HOW_TO_READ = {
+    "overview": "The run's final test metrics: per site, the size-weighted mean, and the pooled metric over all "
+                "sites' test patients with its 95 % interval — prefer the pooled one when sites are small.",
+    "rounds": "Validation metrics after each round; a curve that peaks and falls means the later rounds overfit "
+              "(final-model: best-val tests the peak). Higher is better except Brier and ECE.",
+    "availability": "How many training patients at each site have each modality; OmniFuse imputes the rest.",
+    "omega": "DWFuse's weight for each modality: how much each site's model relies on it.",
+    "tla": "The modality combination TLA found laziest each epoch — the one the model under-uses.",
+    "imputation": "How close imputed embeddings are to the real ones (1 = identical), for patients who have the "
+                  "modality and had it hidden.",
+    "embedding": "Real and imputed embeddings on one 2-D map; imputed points among the real ones mean plausible "
+                 "imputations. Embeddings never leave a site.",
+    "roc": "Sensitivity against 1 − specificity at every threshold; the area is the AUROC (0.5 = chance).",
+    "calibration": "Predicted risk against observed event rate; points on the diagonal are well calibrated.",
+    "survival": "Kaplan–Meier survival of the predicted risk groups; separated curves mean useful risk ranking.",
+    "stratification": "Patients grouped by predicted risk; event rates should rise from low to high risk.",
+    "privacy": "Privacy loss ε spent per round at each site (lower = more private); the total is in the report.",
+    "timing": "Where the run's time goes: per round, and per stage of each site's messages.",
+    "config": "Everything needed to rerun this exactly.",
+    "versions": "Package versions this run used.",
+}
 
 
 def build_sections(data: RunData, *, n_groups: int = 3, clusters: int = 3) -> list[sr.Section]:
@@ -50,6 +75,8 @@ def render_html(data: RunData, sections: Sequence[sr.Section]) -> str:
         parts.append(f'<p class="note">{html.escape(data.notes["data"])}</p>')
     for s in sections:
         parts.append(f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>')
+        if s.id in HOW_TO_READ:
+            parts.append(f'<p class="how">How to read this: {html.escape(HOW_TO_READ[s.id])}</p>')
         parts += [f'<img alt="{html.escape(alt)}" src="{uri}">' for alt, uri in s.images]
         parts.append(s.html)
         if s.note:

@@ -42,8 +42,42 @@ def lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, titl
     if ylim:
         ax.set_ylim(*ylim)
     if series:
-        ax.legend(fontsize=8)
+        _legend_outside(ax)
     ax.grid(alpha=0.3)
+    return to_data_uri(fig)
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, never over the data."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def small_multiples(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]], *, title: str,
+                    xlabel: str, ncols: int = 3) -> str:
+    """One axis per metric (``panels``: metric -> series name -> (x, y)), one shared legend below the grid."""
+    names = list(panels)
+    ncols = max(1, min(ncols, len(names)))
+    nrows = -(-len(names) // ncols)
+    fig = Figure(figsize=(3.2 * ncols, 2.6 * nrows + 0.6), dpi=90, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    handles = {}
+    for ax, metric in zip(axes, names):
+        for name, (x, y) in panels[metric].items():
+            (line,) = ax.plot(list(x), [np.nan if v is None else float(v) for v in y], marker="o", markersize=3,
+                              label=str(name))
+            handles.setdefault(str(name), line)
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=11)
+    if len(handles) > 1:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 5),
+                   fontsize=8, frameon=False)
     return to_data_uri(fig)
 
 
@@ -56,7 +90,7 @@ def grouped_bars(groups: Sequence[str], bars: Mapping[str, Sequence[float]], *, 
         ax.bar(x + i * width - 0.4 + width / 2, values, width, label=str(name))
     ax.set_xticks(x, list(groups), fontsize=8)
     ax.set(title=title, ylabel=ylabel)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return to_data_uri(fig)
 
 

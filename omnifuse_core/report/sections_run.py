@@ -89,12 +89,12 @@ def rounds(d: RunData) -> Section:
         series[site] = (x, [((r.get("sites") or {}).get(site) or {}).get(head) for r in rs])
     sec.images.append((f"{head} per round, global and per site",
                        plots.lines(series, title=f"{head} per round", xlabel="round", ylabel=head)))
-    keys = [k for k in ("auroc", "auprc", "accuracy", "brier", "ece", "c_index", "f1")
+    keys = [k for k in ("auroc", "auprc", "brier", "ece", "sensitivity", "specificity", "f1", "c_index")
             if any(isinstance((r.get("global") or {}).get(k), (int, float)) for r in rs)]
-    if keys:
-        glob = {k: (x, [(r.get("global") or {}).get(k) for r in rs]) for k in keys}
-        sec.images.append(("global metrics per round", plots.lines(glob, title="global metrics per round",
-                                                                   xlabel="round", ylabel="value")))
+    if keys:  # one metric per axis: their scales and directions differ (Brier/ECE: lower is better)
+        panels = {k: {"global": (x, [(r.get("global") or {}).get(k) for r in rs])} for k in keys}
+        sec.images.append(("global validation metrics per round, one per panel", plots.small_multiples(
+            panels, title="global validation metrics per round", xlabel="round")))
     return sec
 
 

@@ -33,7 +33,7 @@ def timing(d: RunData) -> Section:
     if not sec.images:
         sec.note = "no timing recorded in metrics.json (runs before issue 16, or in-process modes)"
     else:
-        sec.html = ("<p>How to read this: a round's seconds include waiting for its slowest site and Flower's "
-                    "transport; a site's stages are measured inside its ClientApp (load = reading the site or "
-                    "mapping its cache, evaluate = the fused validation of the received model).</p>")
+        sec.html = ("<p>A round's seconds include waiting for its slowest site and Flower's transport; a site's "
+                    "stages are measured inside its ClientApp (load = reading the site or mapping its cache, "
+                    "evaluate = the fused validation of the received model).</p>")
     return sec
