@@ -244,6 +244,11 @@ def import_mimic(listfile: Path, stays: Path, out: Path, site_name: str, task: s
     click.echo(f"site folder written to {path}; check it with: omnifuse check-site {path}")
 
 
+from .supernode import supernode  # noqa: E402 (registered below)
+
+cli.add_command(supernode)
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning expected errors into one sentence."""
     debug = "--debug" in sys.argv

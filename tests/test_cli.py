@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from omnifuse_cli.main import cli
 
-COMMANDS = ["synth", "check-site", "train", "cv", "demo", "privacy-report", "import-mimic", "predict", "report"]
+COMMANDS = ["synth", "check-site", "train", "cv", "supernode", "demo", "privacy-report", "import-mimic", "predict", "report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
