@@ -59,6 +59,8 @@ def resolve_node_site(node_config: Mapping[str, Any], cfg: Config) -> NodeSite:
     """
     if node_config.get("data-path"):
         path = Path(str(node_config["data-path"])).expanduser()
+    elif "partition-id" in node_config and not cfg.data_root:  # `flwr run .` out of the box
+        path = _synthetic_site(int(node_config["partition-id"]), int(node_config.get("num-partitions", 1)))
     elif "partition-id" in node_config:
         path = _partition_site(int(node_config["partition-id"]), cfg.data_root)
     else:
@@ -79,6 +81,19 @@ def resolve_node_site(node_config: Mapping[str, Any], cfg: Config) -> NodeSite:
     max_eps = node_config.get("max-epsilon")
     return NodeSite(path=path.resolve(), state_dir=state, device=device,
                     max_epsilon=float(max_eps) if max_eps not in (None, "") else None, cache_dir=cache)
+
+
+def _synthetic_site(pid: int, n: int) -> Path:
+    """A simulation node without ``data-root``: its own small synthetic site (the ``smoke`` preset, seed 0, ``n``
+    sites, this node's one), generated once under ``~/.omnifuse/synthetic`` and reused; deterministic from the
+    partition id, and nothing leaves the node."""
+    from sim.generator import generate_federation
+
+    folder = Path.home().resolve() / ".omnifuse" / "synthetic" / f"smoke-{n}-seed0-node{pid}"
+    if not (folder / "federation.yaml").is_file():
+        log.info("no data-root in the run config: node %d of %d builds its synthetic site in %s", pid, n, folder)
+        generate_federation("smoke", n, folder, seed=0, overwrite=True)
+    return _partition_site(pid, str(folder))
 
 
 def _partition_site(pid: int, data_root: str) -> Path:

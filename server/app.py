@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flwr.app import Context
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from .loop import run_federation
@@ -16,7 +17,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point Flower calls once per run."""
-    cfg, resume = resolve_run_config(context.run_config)
-    log.info("federated run: config digest %s, %d rounds, strategy %s, run dir %s", cfg.digest(), cfg.rounds,
-             cfg.strategy, cfg.run_dir)
+    cfg, resume = resolve_run_config(context.run_config, context.run_id)
+    # Flower's own logger: `flwr run --stream` shows these lines to the user
+    flwr_log(logging.INFO, "OmniFuse run folder: %s (config digest %s, %d rounds, strategy %s)", cfg.run_dir,
+             cfg.digest(), cfg.rounds, cfg.strategy)
     run_federation(grid, cfg, resume=resume)
+    flwr_log(logging.INFO, "OmniFuse run finished: %s (metrics.json, checkpoints/, logs/, privacy/)", cfg.run_dir)

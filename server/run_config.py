@@ -22,7 +22,12 @@ RESUME_KEY = "resume"
 _NOT_CONFIG = {CONFIG_KEY, RESUME_KEY}
 
 
-def resolve_run_config(run_config: Mapping[str, Any]) -> tuple[Config, bool]:
+def default_run_dir(run_id: Any) -> Path:
+    """Where a run without ``run-dir`` writes (``flwr run .`` with no run config): ``~/.omnifuse/runs/flwr-<run id>``."""
+    return Path.home().resolve() / ".omnifuse" / "runs" / f"flwr-{run_id}"
+
+
+def resolve_run_config(run_config: Mapping[str, Any], run_id: Any = None) -> tuple[Config, bool]:
     """Build the run's Config and the resume flag from Flower's run config.
 
     Args:
@@ -37,6 +42,8 @@ def resolve_run_config(run_config: Mapping[str, Any]) -> tuple[Config, bool]:
     base = Config.load(str(run_config.get(CONFIG_KEY) or "smoke"))
     overrides = {k: v for k, v in run_config.items() if k not in _NOT_CONFIG and v != ""}
     cfg = Config.from_flat(overrides, base=base, strict=False)
+    if not cfg.run_dir and run_id is not None:  # `flwr run .` out of the box
+        cfg = cfg.replace(run_dir=str(default_run_dir(run_id)))
     if not cfg.run_dir or not Path(cfg.run_dir).is_absolute():
         raise ConfigError(f"run config key 'run-dir' = {cfg.run_dir!r}: give an absolute folder for the run's "
                           "outputs (flwr run executes the ServerApp from an installed copy of the app, so relative "
