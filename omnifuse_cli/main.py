@@ -136,11 +136,16 @@ def cv(mode: str, config: str, data: Path, out: Path, repeats: int, first_split_
 
 
 def _run_mode(mode: str, cfg: Config, data: Path, out: Path) -> Path:
-    if mode == "federated":
-        from sim.federated import run_federated
-        return Path(run_federated(cfg, data, out))
-    from sim.modes import run_centralized, run_local
-    return (run_centralized if mode == "centralized" else run_local)(cfg, data, out)
+    from omnifuse_core.metrics import headline_metric
+
+    from .progress import RoundProgress
+    quiet = logging.getLogger().level >= logging.WARNING
+    with RoundProgress(Path(out).resolve(), cfg.rounds, headline_metric(cfg.task), enabled=not quiet):
+        if mode == "federated":
+            from sim.federated import run_federated
+            return Path(run_federated(cfg, data, out))
+        from sim.modes import run_centralized, run_local
+        return (run_centralized if mode == "centralized" else run_local)(cfg, data, out)
 
 
 @cli.command()

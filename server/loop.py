@@ -8,6 +8,7 @@ import logging
 import time
 
 from flwr.app import ConfigRecord
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid
 
 from omnifuse_core import protocol as P
@@ -101,7 +102,10 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
             for site, t in timing.items():
                 merged.setdefault(site, {})["evaluate"] = t
             rec.update_round(r, {"timing": merged})
-        log.info("round %d/%d: global validation %s = %s", r, cfg.rounds, head, glob.get(head))
+        done = r - start + 1
+        eta = (time.monotonic() - t0) / max(done, 1) * max(cfg.rounds - r, 0)
+        flwr_log(logging.INFO, "OmniFuse round %d/%d: validation %s = %s (ETA %.0f s)", r, cfg.rounds, head,
+                 f"{glob[head]:.4f}" if isinstance(glob.get(head), float) else glob.get(head), eta)
         update_state(rec.checkpoints, r, {"prediction_mode": mode, "selection": selection.state(), "validated": True})
         return selection.should_stop(r)
 
