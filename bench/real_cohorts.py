@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+
+from sim.cv import t_interval  # mean and 95 % t-interval (shared with omnifuse cv)
 
 log = logging.getLogger("bench.real_cohorts")
 SITES = (("site_a", 0.40), ("site_b", 0.35), ("site_c", 0.25))
@@ -75,12 +76,17 @@ def load_cohort(name: str) -> tuple[pd.DataFrame, list[str], list[str]]:
     raise SystemExit(f"unknown cohort {name!r}; choose from gbsg2, whas500, lung")
 
 
+def patient_ids(n: int) -> list[str]:
+    """The ids the layout gives a cohort's rows (row order)."""
+    return [f"p{i:05d}" for i in range(n)]
+
+
 def layout(df: pd.DataFrame, clinical: list[str], markers: list[str], out: Path, seed: int,
            missing: float = 0.2) -> Path:
     """Write the 3-site federation of repeat ``seed`` under ``out`` (see the module docstring)."""
     rng = np.random.default_rng(seed)
     df = df.reset_index(drop=True).copy()
-    df["patient_id"] = [f"p{i:05d}" for i in range(len(df))]
+    df["patient_id"] = patient_ids(len(df))
     order = rng.permutation(len(df))
     bounds = np.cumsum([0] + [round(f * len(df)) for _, f in SITES[:-1]] + [len(df)])
     shutil.rmtree(out, ignore_errors=True)
@@ -184,17 +190,6 @@ def omnifuse_arm(fed: Path, config: str, mode: str, seed: int, threads: int) -> 
     return {s: (res["labels"][s], res["scores"][s]) for s in res["scores"]}
 
 
-def t_interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval of paired differences."""
-    from scipy import stats
-
-    d = np.asarray([x for x in diffs if math.isfinite(x)])
-    if d.size < 2:
-        return float(d.mean()) if d.size else float("nan"), float("nan"), float("nan")
-    half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
-
-
 def summarise(rows: list[dict], configs: list[str]) -> dict:
     out: dict = {}
     for cohort in dict.fromkeys(r["cohort"] for r in rows):
@@ -247,7 +242,7 @@ def main(argv=None) -> None:
             fed = layout(df, clinical, markers, args.work / f"{cohort}-{rep}", seed=rep)
             c = {"coxnet": c_scores(coxnet(fed, clinical, markers)),
                  "coxnet-complete": c_scores(coxnet(fed, clinical, markers, complete=df.assign(
-                     patient_id=[f"p{i:05d}" for i in range(len(df))])))}
+                     patient_id=patient_ids(len(df)))))}
             for cfg in configs:
                 for mode in args.modes.split(","):
                     per_seed = [c_scores(omnifuse_arm(fed, cfg, mode, s, args.threads)) for s in range(args.seeds)]

@@ -44,6 +44,12 @@ def _config(config: str, overrides: tuple[str, ...]) -> Config:
     return Config.load(config).with_overrides(overrides)
 
 
+def check_config(config: str | None, overrides: tuple[str, ...]) -> Config | None:
+    """The config a site check uses: ``--config`` with ``--set``; ``--set`` alone on the defaults; else None
+    (the checker's own defaults)."""
+    return _config(config, overrides) if config else (Config().with_overrides(overrides) if overrides else None)
+
+
 @cli.command()
 @click.option("--preset", default="demo", show_default=True,
               help="smoke | demo | demo-x5 | laziness | extreme-missing | reliability (docs/synthetic-data.md)")
@@ -78,8 +84,7 @@ def check_site(site_dir: Path, config: str | None, overrides: tuple[str, ...]) -
       omnifuse check-site data/demo/hospital_a --config demo --set split-seed=3
     """
     from omnifuse_core.data.validate import validate_site
-    cfg = _config(config, overrides) if config else (Config().with_overrides(overrides) if overrides else None)
-    report = validate_site(site_dir, cfg)
+    report = validate_site(site_dir, check_config(config, overrides))
     click.echo(report.format())
     if not report.ok:
         sys.exit(1)

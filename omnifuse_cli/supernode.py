@@ -70,15 +70,14 @@ def supernode(data: Path, state: Path, superlink: str, root_certificates: Option
       omnifuse supernode --data /data/hospital_a --state /srv/omnifuse/state_a \\
           --superlink superlink.example.org:9092 --root-certificates ca.pem --config demo
     """
-    from omnifuse_core.config import Config
     from omnifuse_core.data.validate import validate_site
+
+    from .main import check_config  # the check-site command's rule (imported here: main registers this command)
 
     argv = supernode_argv(data, state, superlink, root_certificates=root_certificates, insecure=insecure,
                           private_key=auth_private_key, public_key=auth_public_key, max_epsilon=max_epsilon,
                           device=device, port=port)
-    cfg = Config.load(config).with_overrides(overrides) if config else (
-        Config().with_overrides(overrides) if overrides else None)
-    report = validate_site(data, cfg)
+    report = validate_site(data, check_config(config, overrides))
     click.echo(report.format())
     if not report.ok:
         raise click.ClickException(f"site {data} has problems (listed above); fix them before joining a federation")

@@ -95,13 +95,13 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
         thresholds[r] = _threshold(hists, cfg)
         if selection.offer(r, glob.get(head), (r_arrays, mode)) and selection.rule == "best-val":
             log.info("round %d: best validation %s so far (%s)", r, head, glob.get(head))
-        rec.update_round(r, {"global": glob, "sites": dict(sites), "prediction_mode": mode or None,
-                             "threshold": thresholds[r]})
+        fields = {"global": glob, "sites": dict(sites), "prediction_mode": mode or None, "threshold": thresholds[r]}
         if timing:  # its own evaluate exchange: add that message's timing to the round's
             merged = next((e.get("timing") for e in rec.data["rounds"] if e.get("round") == r), None) or {}
             for site, t in timing.items():
                 merged.setdefault(site, {})["evaluate"] = t
-            rec.update_round(r, {"timing": merged})
+            fields["timing"] = merged
+        rec.update_round(r, fields)  # one metrics.json write
         done = r - start + 1
         eta = (time.monotonic() - t0) / max(done, 1) * max(cfg.rounds - r, 0)
         flwr_log(logging.INFO, "OmniFuse round %d/%d: validation %s = %s (ETA %.0f s)", r, cfg.rounds, head,

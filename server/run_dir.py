@@ -83,17 +83,20 @@ class RunRecorder:
         self._handler.addFilter(lambda record: not record.name.startswith(_QUIET))
         root = logging.getLogger()
         root.addHandler(self._handler)
-        self._root_level = root.level
+        self._root_level, self._quieted = root.level, []
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
             for h in root.handlers:  # the console keeps its level (-q stays quiet); only the file gets INFO
                 if h is not self._handler and h.level == logging.NOTSET:
                     h.setLevel(self._root_level or logging.WARNING)
+                    self._quieted.append(h)
 
     def detach_log(self) -> None:
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
             logging.getLogger().setLevel(self._root_level)
+            for h in self._quieted:
+                h.setLevel(logging.NOTSET)
             self._handler.close()
             self._handler = None
 

@@ -99,13 +99,18 @@ def _site_metrics(model, sites: list[SiteData], split: str, cfg: Config, device)
     return {s.name: evaluate(model, s.splits[split], cfg, device=device) for s in sites if len(s.splits[split])}
 
 
-def _val_threshold(model, val: MultimodalDataset, cfg: Config, device) -> Optional[float]:
-    """The decision threshold ``threshold-rule`` picks on ``val`` (binary; None otherwise), from the same
-    score-bin counts a federation uses."""
-    if cfg.task != "binary" or not len(val):
-        return None
+def _mode_and_threshold(model, val: MultimodalDataset, cfg: Config, device) -> tuple[Optional[str], Optional[float]]:
+    """On ``val``: the prediction mode (``prediction: auto``) and then the decision threshold ``threshold-rule``
+    picks (binary; None otherwise) from the score-bin counts a federation uses. One evaluation, and a second only
+    when the chosen mode changed the scores."""
+    before = getattr(model, "prediction_mode", None)
     m = evaluate(model, val, cfg, device=device, score_hist=True)
-    return choose_threshold(m[P.HIST_POS], m[P.HIST_NEG], cfg.threshold_rule, cfg.threshold)
+    mode = choose_prediction_mode(model, m)
+    if cfg.task != "binary" or not len(val):
+        return mode, None
+    if getattr(model, "prediction_mode", None) != before:
+        m = evaluate(model, val, cfg, device=device, score_hist=True)
+    return mode, choose_threshold(m[P.HIST_POS], m[P.HIST_NEG], cfg.threshold_rule, cfg.threshold)
 
 
 def _test_metrics(model_of: Callable[[str], object], sites: list[SiteData], cfg: Config, device,
@@ -155,9 +160,7 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
                 log.info("early stopping after round %d (best validation at round %d)", rnd, selection.best_round)
                 break
         model_round = load_selected(selection, model, cfg.rounds)
-        pooled_val = evaluate(model, MultimodalDataset.concat([s.val for s in sites]), cfg, device=device)
-        mode = choose_prediction_mode(model, pooled_val)
-        threshold = _val_threshold(model, MultimodalDataset.concat([s.val for s in sites]), cfg, device)
+        mode, threshold = _mode_and_threshold(model, MultimodalDataset.concat([s.val for s in sites]), cfg, device)
         test, binned = _test_metrics(lambda name: model, sites, cfg, device, lambda name: threshold)
         pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device,
                           threshold=cfg.threshold if threshold is None else threshold)
@@ -208,14 +211,13 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
                 progress(rnd)
             if len(stopped) == len(sites):
                 break
-        modes, model_rounds = {}, {}
+        modes, model_rounds, thresholds = {}, {}, {}
         for s in sites:
             model_rounds[s.name] = load_selected(selections[s.name], models[s.name], cfg.rounds)
-            modes[s.name] = choose_prediction_mode(models[s.name], evaluate(models[s.name], s.val, cfg, device=device))
+            modes[s.name], thresholds[s.name] = _mode_and_threshold(models[s.name], s.val, cfg, device)
             save_checkpoint(rec.checkpoints / s.name, Checkpoint(
                 model_rounds[s.name], get_trainable(models[s.name]), state=_model_state(models[s.name], [s], {"mode": "local"}),
                 stats=s.stats))
-        thresholds = {s.name: _val_threshold(models[s.name], s.val, cfg, device) for s in sites}
         test, binned = _test_metrics(models.__getitem__, sites, cfg, device, thresholds.get)
         rec.record_final({"global": weighted_global(test), "sites": test, "split": "test", **binned,
                           "prediction_mode": modes, "skipped": {s.name: s.skipped for s in sites}, "data_notes": _notes(sites),

@@ -97,6 +97,7 @@ def save(site, folder: Path, key: str) -> None:
 def load(folder: Path, key: str, site_dir: Path):
     """The cached ``SiteData`` in ``folder`` when it was written for ``key``; None otherwise (with a note when a
     cache exists but is foreign or unreadable)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     meta_path = folder / "meta.json"
@@ -117,7 +118,7 @@ def load(folder: Path, key: str, site_dir: Path):
             rep["site"], [Problem(**p) for p in rep["problems"]], rep["summary"])
         return SiteData(meta["name"], Path(site_dir), specs, TaskSpec.from_dict(meta["task"]), splits["train"],
                         splits["val"], splits["test"], meta["skipped"], meta["fingerprint"], meta["stats"], report)
-    except Exception as exc:  # corrupt, truncated or edited: never trusted
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # corrupt, truncated, edited
         log.warning("site cache %s is unreadable (%s: %s); rebuilding it", folder, type(exc).__name__, exc)
         return None
 
