@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+TRACKER_NAMES = ("none", "tensorboard")  # omnifuse_core.tracking.TRACKERS (a test keeps the two equal)
+
+
 class ConfigError(ValueError):
     """A configuration value is unknown or invalid; the message names the key and what to do."""
 
@@ -113,6 +116,7 @@ class Config:
     bootstrap_reps: int = 200  # survival test: bootstrap resamples per site for the pooled C-index interval (0 = none)
     data_root: str = ""  # simulation: partition-id -> site folder listed in DATA_ROOT/federation.yaml
     run_dir: str = ""  # absolute output folder for server-side artefacts
+    tracking: str = "none"  # none | tensorboard: also write the rounds' metrics as TensorBoard events in RUN/tensorboard
 
     # --- privacy (DESIGN §6) -------------------------------------------------------------------------------
     dp: bool = False
@@ -153,6 +157,7 @@ class Config:
             "final_model": ("last", "best-val"),
             "imputation_reduction": ("sum", "mean"),
             "threshold_rule": ("youden", "max-f1", "fixed"),
+            "tracking": TRACKER_NAMES,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

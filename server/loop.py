@@ -45,7 +45,7 @@ def run_federation(grid: Grid, cfg: Config, *, resume: bool = False) -> RunRecor
     try:
         _run(grid, cfg, rec, resume)
     finally:
-        rec.detach_log()
+        rec.close()
     return rec
 
 

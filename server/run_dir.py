@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional
 from omnifuse_core.config import Config
 from omnifuse_core.metrics import headline_metric
 from omnifuse_core.protocol import json_safe
+from omnifuse_core.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 _QUIET = ("httpx", "httpcore")  # per-request HTTP lines of Flower's transport
@@ -74,6 +75,7 @@ class RunRecorder:
             self.data["rounds"] = old.get("rounds", [])
             self.data["privacy"] = old.get("privacy", {})
         self._handler: Optional[logging.Handler] = None
+        self.tracker: Optional[Tracker] = make_tracker(cfg.tracking, self.root, cfg.to_flat())
 
     def attach_log(self, name: str = "server.log") -> None:
         """Copy every log record of this process into ``logs/<name>`` for the duration of the run."""
@@ -132,3 +134,22 @@ class RunRecorder:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(_clean(self.data), indent=1, allow_nan=False))
         os.replace(tmp, self.path)
+        self._track()
+
+    def _track(self) -> None:
+        """Hand the record to the tracker; a failing tracker is switched off (metrics.json stays the record)."""
+        if self.tracker is None:
+            return
+        try:
+            self.tracker.update(self.data)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("tracking '%s' failed and is off for the rest of this run (metrics.json is complete): %s",
+                        self.cfg.tracking, exc)
+            self.tracker = None
+
+    def close(self) -> None:
+        """End of the run: stop copying the log and flush and close the tracker."""
+        self.detach_log()
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None

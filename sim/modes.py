@@ -174,7 +174,7 @@ def run_centralized(cfg: Config, data: Path, out: Path, *, progress: Optional[Ca
                                                     state=_model_state(model, sites, {"mode": "centralized"}),
                                                     stats=sites[0].stats))
     finally:
-        rec.detach_log()
+        rec.close()
     return rec.root
 
 
@@ -227,7 +227,7 @@ def run_local(cfg: Config, data: Path, out: Path, *, progress: Optional[Callable
                                         for n, t in thresholds.items()} if cfg.task == "binary" else None})
         dp.write()
     finally:
-        rec.detach_log()
+        rec.close()
     return rec.root
 
 

@@ -234,3 +234,18 @@ def test_rounds_record_each_sites_message_timing(smoke_root, tmp_path):
     assert all(v >= 0 for t in r2["timing"].values() for msg in t.values() for v in msg.values())
     assert set(m["final"]["timing"]) == sites
     assert not any(k.startswith("time.") for k in r1["global"]) and "time.load" not in m["final"]["global"]
+
+
+def test_tracking_writes_the_recorded_rounds_as_tensorboard_scalars(smoke_root, tmp_path):
+    from test_tracking import read_scalars
+
+    from omnifuse_core.tracking import record_scalars
+
+    run_dir = tmp_path / "run"
+    run_federation(InProcessGrid(3), _cfg(smoke_root, run_dir, rounds=2, tracking="tensorboard"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    events = read_scalars(run_dir / "tensorboard")
+    expected = {(tag, step): value for tag, step, value in record_scalars(metrics)}
+    assert events.keys() == expected.keys()
+    assert all(events[k] == pytest.approx(v, rel=1e-6, abs=1e-9) for k, v in expected.items())
+    assert {("val/auroc", 1), ("val/auroc", 2), ("test/auroc", 2), ("train/loss/hospital_a", 2)} <= events.keys()
