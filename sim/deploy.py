@@ -37,15 +37,19 @@ def write_connection(env: Mapping[str, str], port: int, *, root_cert: Optional[P
 
 
 def start_superlink(procs: Processes, *, simulation: bool, tls: Optional[Mapping[str, Path]] = None,
-                    extra_args: Sequence[str] = ()) -> int:
-    """Start ``flower-superlink`` on a free loopback port and return it.
+                    extra_args: Sequence[str] = (), database: Optional[Path] = None, port: Optional[int] = None) -> int:
+    """Start ``flower-superlink`` on a loopback port (a free one unless ``port``) and return it.
 
     Flower 1.41 serves the Fleet, Control and Runtime APIs over HTTP on one ``--host``/``--port`` (the older
-    ``--control-api-address``/``--fleet-api-address`` flags are deprecated).
+    ``--control-api-address``/``--fleet-api-address`` flags are deprecated). Without ``database`` the SuperLink keeps
+    its state in memory; with it (``--database FILE``) a SuperLink restarted on the same port and file keeps its
+    registered nodes, and the SuperNodes reconnect by themselves.
     """
-    port = free_port()
+    port = port or free_port()
     argv = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(port), "--isolation", "subprocess",
-            "--disable-runtime-dependency-installation"]  # in-memory state: an on-disk SQLite file locked up under load
+            "--disable-runtime-dependency-installation"]
+    if database is not None:
+        argv += ["--database", str(database)]
     if tls:
         argv += ["--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
                  "--ssl-keyfile", str(tls["key"])]
