@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from omnifuse_core import protocol as P
+from omnifuse_core import weights_wire as wire
 from omnifuse_core.config import Config
 
 from . import site_runtime as rt
@@ -39,14 +42,34 @@ def _stats(raw: dict) -> dict | None:
 
 def _weights(msg: Message) -> dict:
     record = msg.content[P.ARRAYS]
-    return {name: arr.numpy() for name, arr in record.items()}
+    return wire.unpack({name: arr.numpy() for name, arr in record.items()})
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks after boot
+        return max(0.0, float(Path("/proc/uptime").read_text().split()[0]) - started)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_FRESH_PROCESS = [True]  # the first message this process handles also reports its start-up time
 
 
 class _Clock:
-    """Seconds a message spends per stage (``time.load``, ``time.evaluate``, ``time.train``, ``time.serialise``)."""
+    """Seconds a message spends per stage (``time.load``, ``time.evaluate``, ``time.train``, ``time.serialise``),
+    and, for the first message of a process, ``time.startup``: from the process's start to the handler (Python and
+    package imports, Flower's app install and message pull; in a deployment every message is a fresh process)."""
 
     def __init__(self) -> None:
         self._t, self._laps = time.perf_counter(), {}
+        if _FRESH_PROCESS[0]:
+            _FRESH_PROCESS[0] = False
+            age = _process_age()
+            if age is not None:
+                self._laps["startup"] = age
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
@@ -72,6 +95,7 @@ def _guard(handler: Callable[[Message, Context], Message]) -> Callable[[Message,
 @_guard
 def query_stats(msg: Message, context: Context) -> Message:
     """First exchange: aggregate preprocessing statistics of this site (sums, sums of squares, counts)."""
+    _FRESH_PROCESS[0] = False  # a later message of this process (simulation) is not a fresh start
     cfg, _ = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
     stats = rt.site_statistics(node.path, cfg)
@@ -84,6 +108,7 @@ def query_stats(msg: Message, context: Context) -> Message:
 @_guard
 def query_describe(msg: Message, context: Context) -> Message:
     """Modality specs and task spec of this site (shapes only), loaded with the combined statistics."""
+    _FRESH_PROCESS[0] = False
     cfg, raw = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
     site = rt.load_site_cached(node.path, cfg, _stats(raw), node.cache_dir)
@@ -118,7 +143,7 @@ def train(msg: Message, context: Context) -> Message:
                                           server_round=int(raw.get(P.SERVER_ROUND, 0)),
                                           run_id=f"flower-{msg.metadata.run_id}")
     clock.lap("train")
-    arrays = ArrayRecord({n: Array(a) for n, a in weights.items()})
+    arrays = ArrayRecord({n: Array(a) for n, a in wire.pack(weights).items()})  # 2 Flower objects, not 1 per tensor
     clock.lap("serialise")
     content = RecordDict({P.ARRAYS: arrays, P.METRICS: MetricRecord({**metrics, **clock.metrics()}),
                           P.INFO: ConfigRecord(info), **({P.VAL_METRICS: MetricRecord(val)} if val is not None else {})})

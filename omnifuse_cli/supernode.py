@@ -84,6 +84,9 @@ def supernode(data: Path, state: Path, superlink: str, root_certificates: Option
     state.mkdir(parents=True, exist_ok=True)
     env = {**os.environ}
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
+    if env.get("PYTHONDONTWRITEBYTECODE"):
+        click.echo("note: PYTHONDONTWRITEBYTECODE is set, so every ClientApp process (one per message) compiles "
+                   "the app's modules again; unset it for this service (docs/deployment.md, Threads)", err=True)
     click.echo("starting: " + shlex.join(argv))
     if dry_run:
         return

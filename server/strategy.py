@@ -11,6 +11,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from omnifuse_core import protocol as P
+from omnifuse_core import weights_wire as wire
 from omnifuse_core.config import Config
 
 from .aggregation import SiteUpdate, build_aggregator
@@ -21,11 +22,17 @@ log = logging.getLogger(__name__)
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: arr.numpy() for name, arr in record.items()}
+    """Named weights of a record (packed or one array per name; ``omnifuse_core.weights_wire``).
+
+    Raises:
+        ValueError: a packed record whose layout does not match its values.
+    """
+    return wire.unpack({name: arr.numpy() for name, arr in record.items()})
 
 
 def to_record(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in weights.items()})
+    """Weights as one packed array plus its layout (two Flower objects instead of one per tensor)."""
+    return ArrayRecord({name: Array(a) for name, a in wire.pack(weights).items()})
 
 
 class OmniFuseStrategy(FedAvg):
@@ -114,7 +121,10 @@ class OmniFuseStrategy(FedAvg):
             try:
                 if P.ARRAYS not in msg.content.array_records or P.METRICS not in msg.content.metric_records:
                     raise ReplyRejected(site, "reply lacks the 'arrays' or 'metrics' record")
-                arrays = to_numpy(msg.content.array_records[P.ARRAYS])
+                try:
+                    arrays = to_numpy(msg.content.array_records[P.ARRAYS])
+                except ValueError as exc:
+                    raise ReplyRejected(site, str(exc)) from None
                 validate_arrays(site, arrays, self.shapes, self._sent, self.cfg.max_update_norm)
                 metrics = dict(msg.content.metric_records[P.METRICS])
                 counts = validate_counts(site, P.metrics_to_counts(metrics), self.modalities)

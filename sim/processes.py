@@ -45,6 +45,9 @@ def flower_env(work: Path, ray_tmp: Optional[Path] = None) -> dict[str, str]:
     })
     # the SuperExec starts a ClientApp/ServerApp process when it finds a task; Flower polls every 1 s by default
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
+    # Several SuperNodes share this machine's cores here, so each ClientApp gets one torch thread (as Ray gives each
+    # simulation actor): with torch's default (all cores per process) small models ran 3-4x slower (B7 floor).
+    env.setdefault("OMP_NUM_THREADS", "1")
     for key in ("FLWR_HOME", "RAY_TMPDIR", "UV_CACHE_DIR"):
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     return env

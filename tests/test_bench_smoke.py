@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+from grid_fakes import task_identity  # noqa: E402,F401  (fixture: messages built outside a Flower runtime)
 sys.path.insert(0, str(ROOT))
 
 pytestmark = pytest.mark.timeout(300)
@@ -342,3 +343,24 @@ def test_learnability_small(work):
     # read from the federation's oracle.json; smoke's oracle scores single modalities only, so the pair has none
     assert is_num(rows[0]["oracle_auroc"]) and rows[1]["oracle_auroc"] is None
     assert "| ehr+image |" in proc.stdout and "| — |" in proc.stdout
+
+
+def test_noop_floor_app_echoes_the_payload_and_reports_its_startup(monkeypatch, task_identity):
+    """bench/noop_app (B7 floor): the Flower components its pyproject names load, and its ClientApp echoes the
+    arrays it gets with a start-up time; the whole benchmark runs real processes (bench/deploy_floor.py)."""
+    import tomllib
+
+    from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+
+    app_dir = ROOT / "bench" / "noop_app"
+    components = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": "noop_floor.server:app", "clientapp": "noop_floor.client:app"}
+    monkeypatch.syspath_prepend(str(app_dir))
+    from noop_floor.client import app as client_app
+    from noop_floor.server import app as server_app  # noqa: F401  (imports: the ServerApp module is valid)
+
+    payload = np.arange(5, dtype=np.float32)
+    msg = Message(RecordDict({"arrays": ArrayRecord({"w": Array(payload)})}), dst_node_id=1, message_type="train")
+    reply = client_app(msg, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={}))
+    np.testing.assert_array_equal(reply.content["arrays"]["w"].numpy(), payload)
+    assert reply.content["metrics"]["startup"] > 0

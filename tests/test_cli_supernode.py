@@ -27,6 +27,16 @@ def test_dry_run_checks_the_site_and_prints_the_flower_command(smoke_federation,
     assert (tmp_path / "state").is_dir()
 
 
+@pytest.mark.parametrize("dont_write", ["1", ""])
+def test_a_bytecode_free_environment_is_pointed_out(smoke_federation, tmp_path, monkeypatch, dont_write):
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", dont_write)
+    result = CliRunner().invoke(cli, ["supernode", "--data", str(smoke_federation / "hospital_a"), "--state",
+                                      str(tmp_path / "state"), "--superlink", "127.0.0.1:9092", "--insecure",
+                                      "--config", "smoke", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert ("PYTHONDONTWRITEBYTECODE is set" in result.output) == bool(dont_write)
+
+
 def test_bad_site_or_missing_tls_choice_stops_before_flower(smoke_federation, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(smoke_federation / "hospital_a", bad)

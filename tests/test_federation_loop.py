@@ -119,10 +119,14 @@ def test_only_weights_counts_and_metrics_leave_a_site(smoke_root, tmp_path):
     content = reply.content
     assert set(content.array_records) == {P.ARRAYS} and set(content.metric_records) == {P.METRICS}
     assert set(content.config_records) == {P.INFO}
-    # arrays: exactly the trainable parameters, same shapes, float32
-    arrays = content.array_records[P.ARRAYS]
+    # arrays: exactly the trainable parameters, same shapes, float32, packed into one vector + layout (2 objects)
+    from omnifuse_core import weights_wire
+    from server.strategy import to_numpy
+
+    assert set(content.array_records[P.ARRAYS]) == {weights_wire.PACKED, weights_wire.LAYOUT}
+    arrays = to_numpy(content.array_records[P.ARRAYS])
     assert list(arrays) == list(weights)
-    assert all(arrays[n].numpy().shape == w.shape and arrays[n].numpy().dtype == np.float32 for n, w in weights.items())
+    assert all(arrays[n].shape == w.shape and arrays[n].dtype == np.float32 for n, w in weights.items())
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert not set(frozen) & set(arrays)
     # metrics: counts, training losses and the step count only

@@ -7,7 +7,7 @@ from . import plots
 from .collect import RunData
 from .sections_run import Section
 
-STAGES = ("load", "evaluate", "train", "serialise")
+STAGES = ("startup", "load", "evaluate", "train", "serialise")
 
 
 def timing(d: RunData) -> Section:
@@ -34,6 +34,8 @@ def timing(d: RunData) -> Section:
         sec.note = "no timing recorded in metrics.json (runs before issue 16, or in-process modes)"
     else:
         sec.html = ("<p>A round's seconds include waiting for its slowest site and Flower's transport; a site's "
-                    "stages are measured inside its ClientApp (load = reading the site or mapping its cache, "
-                    "evaluate = the fused validation of the received model).</p>")
+                    "stages are measured inside its ClientApp (startup = from the ClientApp process's start to the "
+                    "handler: imports and Flower's app install, paid by every message in a deployment; load = "
+                    "reading the site or mapping its cache; evaluate = the fused validation of the received "
+                    "model).</p>")
     return sec
