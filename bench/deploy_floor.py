@@ -57,23 +57,34 @@ def message_timing(metrics: dict) -> dict[str, float]:
     return {k: round(statistics.fmean(v), 3) for k, v in stages.items()}
 
 
+def _run(procs, run_config: dict, *, timeout: float, app_dir: Path, ending=None) -> dict:
+    """``flwr run`` and wait; returns the run's ``flwr ls`` entry (status, network-traffic bytes, ...)."""
+    from sim.deploy import CONNECTION, _cli, _json_tail, flwr_submit, flwr_wait
+
+    run_id = flwr_submit(procs, run_config, app_dir=app_dir)
+    flwr_wait(procs, run_id, timeout=timeout, ending=ending)
+    runs = _json_tail(_cli(procs, ["ls", CONNECTION, "--run-id", run_id, "--format", "json"])).get("runs") or [{}]
+    return dict(runs[0])
+
+
 def run_pair(procs, cfg, sites: int, work: Path, rep: int, timeout: float) -> dict:
-    from sim.deploy import flwr_run
+    from sim.deploy import APP_DIR, final_written
 
     run_dir = work / f"omnifuse-{rep}"
     cfg = cfg.replace(run_dir=str(run_dir), min_sites=sites)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     t0 = time.perf_counter()
-    flwr_run(procs, {"config": str(run_dir / "config.yaml"), "run-dir": str(run_dir)}, timeout=timeout)
+    omni_ls = _run(procs, {"config": str(run_dir / "config.yaml"), "run-dir": str(run_dir)}, timeout=timeout,
+                   app_dir=APP_DIR, ending=final_written(run_dir))
     omni_wall = time.perf_counter() - t0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     omni = [float(r.get("seconds") or 0.0) for r in metrics["rounds"]]
     floats = trainable_floats(run_dir)
     noop_dir = work / f"noop-{rep}"
     t0 = time.perf_counter()
-    flwr_run(procs, {"rounds": cfg.rounds, "min-nodes": sites, "payload-floats": floats, "out": str(noop_dir)},
-             timeout=timeout, app_dir=NOOP_APP, run_dir=None)
+    noop_ls = _run(procs, {"rounds": cfg.rounds, "min-nodes": sites, "payload-floats": floats,
+                           "out": str(noop_dir)}, timeout=timeout, app_dir=NOOP_APP)
     noop_wall = time.perf_counter() - t0
     noop = json.loads((noop_dir / "rounds.json").read_text())
     if noop["replies_last"] != sites:
@@ -83,7 +94,11 @@ def run_pair(procs, cfg, sites: int, work: Path, rep: int, timeout: float) -> di
            "omnifuse_wall_s": omni_wall, "noop_wall_s": noop_wall, "payload_floats": floats,
            "omnifuse_train_message_stages_s": message_timing(metrics),
            "noop_startup_s": _later([s for s in noop.get("startup_seconds", []) if s is not None]),
-           "auroc": metrics.get("final", {}).get("global", {}).get("auroc")}
+           "auroc": metrics.get("final", {}).get("global", {}).get("auroc"),
+           # whole runs as the SuperLink counts them (OmniFuse: 2 setup queries, R train rounds, 1 validation and 1
+           # test exchange; no-op: R rounds)
+           "omnifuse_network_bytes": (omni_ls.get("network-traffic") or {}).get("total-bytes"),
+           "noop_network_bytes": (noop_ls.get("network-traffic") or {}).get("total-bytes")}
     res["ratio"] = res["omnifuse_s_per_round"] / res["noop_s_per_round"]
     log.info("repeat %d: OmniFuse %.2f s/round, no-op %.2f s/round, ratio %.2f", rep, res["omnifuse_s_per_round"],
              res["noop_s_per_round"], res["ratio"])

@@ -9,6 +9,7 @@ site cache, each load in a fresh process (as Flower runs every message).
 Times are measured inside each process around the load only (the torch import is the same in both and is reported
 apart). Usage:
   .venv/bin/python -m bench.site_cache --preset reliability --repeats 3 --out bench/results/issue16/site_cache.json
+  .venv/bin/python -m bench.site_cache --preset reliability --patients 10000 --out bench/results/issue16/site_cache_10k.json
 """
 from __future__ import annotations
 
@@ -48,6 +49,22 @@ def _run(site: Path, mode: str, root: Path, config: str, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _resized(preset: str, patients: int, work: Path) -> Path:
+    """A one-site federation: the preset's largest site with ``patients`` patients (generated once, seed 0)."""
+    import dataclasses
+
+    from sim.generator import generate_federation
+    from sim.presets import get_preset
+
+    p = get_preset(preset)
+    big = max(p.sites, key=lambda s: s.patients)
+    p = dataclasses.replace(p, name=f"{p.name}-{patients}", sites=(dataclasses.replace(big, patients=patients),))
+    out = work / f"{p.name}-1-0"
+    if not (out / "federation.yaml").is_file():
+        generate_federation(p, 1, out, seed=0, overwrite=True)
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="reliability")
@@ -56,12 +73,15 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("bench/work"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/site_cache.json"))
+    ap.add_argument("--patients", type=int, default=0,
+                    help="measure one site of this many patients (the preset's largest site, resized) instead")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench.common import federation
 
     import yaml
-    fed = federation(args.preset, None, 0, args.work)
+    fed = _resized(args.preset, args.patients, args.work) if args.patients else federation(args.preset, None, 0,
+                                                                                           args.work)
     sites = yaml.safe_load((fed / "federation.yaml").read_text())["sites"]
     site = max((fed / s for s in sites), key=lambda p: sum(1 for _ in (p / "cohort.csv").open()))
     root = Path(tempfile.mkdtemp(prefix="site-cache-"))
