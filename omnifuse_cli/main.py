@@ -12,6 +12,9 @@ import click
 
 from omnifuse_core.config import Config, ConfigError
 
+from .run_configs import check_config
+from .run_configs import load_config as _config
+
 log = logging.getLogger("omnifuse")
 _NOISY = ("transformers", "urllib3", "filelock", "matplotlib", "PIL", "opacus", "flwr", "ray")
 
@@ -38,16 +41,6 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     setup_logging(verbose, quiet)
-
-
-def _config(config: str, overrides: tuple[str, ...]) -> Config:
-    return Config.load(config).with_overrides(overrides)
-
-
-def check_config(config: str | None, overrides: tuple[str, ...]) -> Config | None:
-    """The config a site check uses: ``--config`` with ``--set``; ``--set`` alone on the defaults; else None
-    (the checker's own defaults)."""
-    return _config(config, overrides) if config else (Config().with_overrides(overrides) if overrides else None)
 
 
 @cli.command()

@@ -72,7 +72,7 @@ def supernode(data: Path, state: Path, superlink: str, root_certificates: Option
     """
     from omnifuse_core.data.validate import validate_site
 
-    from .main import check_config  # the check-site command's rule (imported here: main registers this command)
+    from .run_configs import check_config  # the check-site command's rule
 
     argv = supernode_argv(data, state, superlink, root_certificates=root_certificates, insecure=insecure,
                           private_key=auth_private_key, public_key=auth_public_key, max_epsilon=max_epsilon,
