@@ -11,7 +11,7 @@ How: one ``flower-superlink`` and one ``flower-supernode`` per site of the ``--p
 repeat: ``flwr run`` of OmniFuse (``--config``, ``rounds`` rounds, ``min-sites`` = sites), then ``flwr run`` of
 ``bench/noop_app`` — a ServerApp that sends every node one train message per round carrying as many float32 values as
 OmniFuse's trainable weights, and a ClientApp that only imports torch and echoes them (pushed and pulled every 0.1 s,
-as ``server/exchange.py``). A round of either is one exchange (OmniFuse: fused evaluation, the default), so the
+by ``server/exchange.py``). A round of either is one exchange (OmniFuse: fused evaluation, the default), so the
 no-op round is what Flower's process-per-message design costs before any work: SuperNode and SuperExec polls, a
 fresh ``flwr-clientapp`` process, the flwr and torch imports, the transfer. Seconds per round = the mean of rounds
 ≥ 2 (round 1 of OmniFuse builds the site caches); the issue's target is OmniFuse ≤ 2× the no-op round. The
@@ -59,12 +59,11 @@ def message_timing(metrics: dict) -> dict[str, float]:
 
 def _run(procs, run_config: dict, *, timeout: float, app_dir: Path, ending=None) -> dict:
     """``flwr run`` and wait; returns the run's ``flwr ls`` entry (status, network-traffic bytes, ...)."""
-    from sim.deploy import CONNECTION, _cli, _json_tail, flwr_submit, flwr_wait
+    from sim.deploy import flwr_submit, flwr_wait, run_info
 
     run_id = flwr_submit(procs, run_config, app_dir=app_dir)
     flwr_wait(procs, run_id, timeout=timeout, ending=ending)
-    runs = _json_tail(_cli(procs, ["ls", CONNECTION, "--run-id", run_id, "--format", "json"])).get("runs") or [{}]
-    return dict(runs[0])
+    return run_info(procs, run_id)
 
 
 def run_pair(procs, cfg, sites: int, work: Path, rep: int, timeout: float) -> dict:

@@ -55,7 +55,14 @@ def _process_age() -> float | None:
         return None
 
 
-_FRESH_PROCESS = [True]  # the first message this process handles also reports its start-up time
+_FIRST_MESSAGE = [True]
+_STARTUP: list[float | None] = [None]  # this message's process start-up seconds, if it is the process's first message
+
+
+def _note_startup() -> None:
+    """Called for every message (``_guard``): the first one a process handles gets its start-up time."""
+    _STARTUP[0] = _process_age() if _FIRST_MESSAGE[0] else None
+    _FIRST_MESSAGE[0] = False
 
 
 class _Clock:
@@ -65,11 +72,8 @@ class _Clock:
 
     def __init__(self) -> None:
         self._t, self._laps = time.perf_counter(), {}
-        if _FRESH_PROCESS[0]:
-            _FRESH_PROCESS[0] = False
-            age = _process_age()
-            if age is not None:
-                self._laps["startup"] = age
+        if _STARTUP[0] is not None:
+            self._laps["startup"] = _STARTUP[0]
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
@@ -82,6 +86,7 @@ class _Clock:
 
 def _guard(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
     def wrapped(msg: Message, context: Context) -> Message:
+        _note_startup()
         try:
             return handler(msg, context)
         except _EXPLAINED as exc:
@@ -95,7 +100,6 @@ def _guard(handler: Callable[[Message, Context], Message]) -> Callable[[Message,
 @_guard
 def query_stats(msg: Message, context: Context) -> Message:
     """First exchange: aggregate preprocessing statistics of this site (sums, sums of squares, counts)."""
-    _FRESH_PROCESS[0] = False  # a later message of this process (simulation) is not a fresh start
     cfg, _ = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
     stats = rt.site_statistics(node.path, cfg)
@@ -108,7 +112,6 @@ def query_stats(msg: Message, context: Context) -> Message:
 @_guard
 def query_describe(msg: Message, context: Context) -> Message:
     """Modality specs and task spec of this site (shapes only), loaded with the combined statistics."""
-    _FRESH_PROCESS[0] = False
     cfg, raw = _config(msg)
     node = rt.resolve_node_site(context.node_config, cfg)
     site = rt.load_site_cached(node.path, cfg, _stats(raw), node.cache_dir)

@@ -59,7 +59,7 @@ class Tracker:
 
 @TRACKERS.register("none")
 class NullTracker(Tracker):
-    def __init__(self, root: Path, config_text: str = "") -> None:
+    def __init__(self, root: Path, config: Optional[Mapping[str, Any]] = None) -> None:
         pass
 
     def update(self, record: Mapping[str, Any]) -> None:
@@ -70,7 +70,7 @@ class NullTracker(Tracker):
 class TensorBoardTracker(Tracker):
     """TensorBoard event files under ``root`` (the run directory's ``tensorboard/``)."""
 
-    def __init__(self, root: Path, config_text: str = "") -> None:
+    def __init__(self, root: Path, config: Optional[Mapping[str, Any]] = None) -> None:
         try:
             from tensorboardX import SummaryWriter
         except ImportError as exc:
@@ -85,8 +85,9 @@ class TensorBoardTracker(Tracker):
             log.info("tracking: rebuilding %d TensorBoard event file(s) in %s from metrics.json", len(stale), self.root)
         self._writer = SummaryWriter(logdir=str(self.root), flush_secs=5)
         self._written: set[tuple[str, int]] = set()
-        if config_text:
-            self._writer.add_text("config", "```\n" + config_text + "\n```", 0)
+        if config:
+            text = yaml.safe_dump(dict(config), sort_keys=False)
+            self._writer.add_text("config", "```\n" + text + "\n```", 0)
 
     def update(self, record: Mapping[str, Any]) -> None:
         new = 0
@@ -104,8 +105,7 @@ class TensorBoardTracker(Tracker):
 
 def make_tracker(name: str, run_dir: Path, config: Optional[Mapping[str, Any]] = None) -> Tracker:
     """The tracker ``name`` for the run in ``run_dir`` (``none`` writes nothing)."""
-    text = yaml.safe_dump(dict(config), sort_keys=False) if config else ""
-    return TRACKERS.get(name)(Path(run_dir) / "tensorboard", text)
+    return TRACKERS.get(name)(Path(run_dir) / "tensorboard", config)
 
 
 def record_scalars(record: Mapping[str, Any]) -> Iterator[tuple[str, int, float]]:
@@ -120,7 +120,7 @@ def record_scalars(record: Mapping[str, Any]) -> Iterator[tuple[str, int, float]
                 yield f"train/{key}/{site}", step, value
         if entry.get("train") or entry.get("rejected"):
             yield "train/rejected_sites", step, float(len(entry.get("rejected") or {}))
-        if _finite(entry.get("seconds")) and entry.get("seconds"):
+        if _finite(entry.get("seconds")) and entry["seconds"]:
             yield "time/round_seconds", step, float(entry["seconds"])
         yield from _timing(entry.get("timing") or {}, step)
     for site, values in sorted((record.get("privacy") or {}).items()):
@@ -155,7 +155,7 @@ def _timing(timing: Mapping[str, Any], step: int) -> Iterator[tuple[str, int, fl
 def _numbers(values: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
     """The finite numeric top-level entries (booleans, strings, lists and nested records are not scalars)."""
     for key, value in values.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value):
+        if _finite(value):
             yield str(key), float(value)
 
 

@@ -28,7 +28,7 @@ def pack(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not arrays or any(a.dtype != np.float32 for a in arrays.values()):
         return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
     layout = [[name, list(a.shape)] for name, a in arrays.items()]
-    values = np.concatenate([a.reshape(-1) for a in arrays.values()]) if arrays else np.zeros(0, np.float32)
+    values = np.concatenate([a.reshape(-1) for a in arrays.values()])
     return {PACKED: np.ascontiguousarray(values, dtype=np.float32),
             LAYOUT: np.frombuffer(json.dumps(layout).encode("utf-8"), dtype=np.uint8).copy()}
 

@@ -20,7 +20,8 @@ from .processes import (BIN, Processes, descendants, flower_processes, free_port
 
 __all__ = ["flower_processes", "is_running", "marked_processes", "Processes", "start_superlink", "start_supernode",
            "write_connection", "flwr_submit", "flwr_wait", "flwr_run", "flwr_stop", "serverapp_pids",
-           "register_supernode", "list_supernodes", "online_supernodes", "wait_supernodes_online", "run_deployment"]
+           "register_supernode", "list_supernodes", "run_info", "online_supernodes", "wait_supernodes_online",
+           "run_deployment"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,12 @@ def flwr_submit(procs: Processes, run_config: Mapping[str, object], *, federatio
     return str(started["run-id"])
 
 
+def run_info(procs: Processes, run_id: str) -> dict:
+    """Run ``run_id`` as ``flwr ls`` reports it (status, timestamps, network-traffic bytes, ...); {} if unknown."""
+    runs = _json_tail(_cli(procs, ["ls", CONNECTION, "--run-id", run_id, "--format", "json"])).get("runs") or []
+    return dict(runs[0]) if runs else {}
+
+
 def flwr_wait(procs: Processes, run_id: str, *, timeout: float = 3600, poll: float = 2.0,
               max_poll: float = 10.0, ending: Optional[Callable[[], bool]] = None) -> str:
     """Poll ``flwr ls`` until run ``run_id`` ends; the run's log is saved to ``<work>/flwr_run.log``.
@@ -138,8 +145,7 @@ def flwr_wait(procs: Processes, run_id: str, *, timeout: float = 3600, poll: flo
     status = ""
     while time.monotonic() < deadline:
         procs.check_alive()
-        runs = _json_tail(_cli(procs, ["ls", CONNECTION, "--run-id", run_id, "--format", "json"])).get("runs", [])
-        status = str(runs[0].get("status", "")) if runs else ""
+        status = str(run_info(procs, run_id).get("status", ""))
         if status.startswith("finished"):
             break
         wake = time.monotonic() + min(poll, max(0.0, deadline - time.monotonic()))

@@ -6,6 +6,7 @@ config (a new Flower node id) must train again in a later round and be evaluated
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 
@@ -61,8 +62,9 @@ def test_killed_supernode_is_recorded_missing_and_its_restart_trains_again(tmp_p
                         events["restarted"] = start_supernode(procs, victim, port, node_config(sites[-1])).pid
                         return
                     time.sleep(0.1)
-            except Exception as exc:  # noqa: BLE001 - reported by the main thread
-                events["error"] = repr(exc)
+            except (OSError, RuntimeError, StopIteration, subprocess.SubprocessError) as exc:
+                # a kill or restart that failed (process not found, could not start): reported by the main thread
+                events["error"] = f"killing or restarting {victim}'s SuperNode failed: {exc!r}"
 
         watcher = threading.Thread(target=chaos, daemon=True)
         watcher.start()

@@ -1,5 +1,6 @@
-"""ServerApp: R rounds of one train message per node, pushed and pulled like OmniFuse's loop (server/exchange.py),
-the wall time of each round written to ``<out>/rounds.json``."""
+"""ServerApp: R rounds of one train message per node, pushed and pulled by OmniFuse's own exchange
+(``server.exchange.send_and_receive``, from the installed omnifuse-fl), the wall time of each round written to
+``<out>/rounds.json``."""
 from __future__ import annotations
 
 import json
@@ -12,18 +13,9 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
+from server.exchange import send_and_receive
+
 app = ServerApp()
-
-
-def _exchange(grid: Grid, messages: list[Message], timeout: float, poll: float) -> list[Message]:
-    ids, replies, end = set(grid.push_messages(messages)), [], time.monotonic() + timeout
-    while ids and time.monotonic() < end:
-        got = list(grid.pull_messages(ids))
-        replies.extend(got)
-        ids.difference_update(m.metadata.reply_to_message_id for m in got)
-        if ids:
-            time.sleep(poll)
-    return replies
 
 
 @app.main()
@@ -40,7 +32,7 @@ def main(grid: Grid, context: Context) -> None:
         t0 = time.monotonic()
         msgs = [Message(RecordDict({"arrays": payload}), dst_node_id=n, message_type="train", group_id=str(rnd))
                 for n in nodes]
-        replies = _exchange(grid, msgs, float(rc["round-timeout"]), poll)
+        replies = send_and_receive(grid, msgs, timeout=float(rc["round-timeout"]), poll=poll)
         ok = sum(1 for r in replies if r.has_content())
         seconds.append(round(time.monotonic() - t0, 3))
         ages = [float(r.content["metrics"]["startup"]) for r in replies if r.has_content()]
