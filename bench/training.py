@@ -142,13 +142,15 @@ def _lazy(trace: dict) -> list:
     return list(trace.get("lazy", []))
 
 
-def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None, mia: bool = False) -> dict:
+def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None, mia: bool = False,
+                      keep_model: bool = False) -> dict:
     """Centralized (pooled) training and test in memory, as ``sim.modes.run_centralized`` does.
 
     Returns:
         ``{"auroc": sample-weighted mean of per-site test AUROC, "pooled_auroc", "sites": {site: auroc},
         "scores"/"labels": {site: per-patient test array}, "ids", "prediction_mode", "model_round",
-        "lazy": {"pooled": [lazy combination per epoch]}, "seconds"}``.
+        "lazy": {"pooled": [lazy combination per epoch]}, "seconds"}``; with ``keep_model`` also ``"model"``, the
+        selected model itself (not JSON: for in-process probes such as ``bench/probe.py``).
     """
     from omnifuse_core.batch import MultimodalDataset
     from omnifuse_core.metrics import headline_metric
@@ -184,7 +186,8 @@ def train_centralized(sites: list, cfg, *, timer: Optional[dict] = None, mia: bo
     pooled = evaluate(model, MultimodalDataset.concat([s.test for s in sites]), cfg, device=device)
     return run_result(outputs_on_test(model, sites, cfg, device), start, pooled_auroc=pooled.get(HEAD),
                       prediction_mode=mode, model_round=model_round, lazy={"pooled": lazy} if any(lazy) else {},
-                      privacy=_privacy(dp), mia=membership(model, sites, cfg, device) if mia else None)
+                      privacy=_privacy(dp), mia=membership(model, sites, cfg, device) if mia else None,
+                      **({"model": model} if keep_model else {}))
 
 
 def train_federated(sites: list, cfg, *, mia: bool = False) -> dict:

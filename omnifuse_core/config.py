@@ -63,6 +63,10 @@ class Config:
     text_encoder: str = "projection"  # projection (MLP head) | linear, over the frozen text model's cached embeddings
     dp_compatible: bool = False  # build DP-compatible layers (DPGRU/DPLSTM, GroupNorm) even without DP
     head_hidden: int = 64
+    joint_head: str = "bilinear"  # bilinear (MLP + low-rank products of modality pairs) | mlp (concat and omnifuse)
+    interaction_rank: int = 2  # width of each modality pair's product (joint-head: bilinear)
+    unimodal_loss: float = 0.0  # concat: weight of the auxiliary per-modality heads' loss (patients with the modality)
+    dwfuse_floor: float = 0.0  # omnifuse: κ in ω' = κ + (1 − κ)·ω, so a weak modality's head keeps learning
 
     # --- OmniFuse method (DESIGN §4) -----------------------------------------------------------------------
     cra_blocks: int = 5  # K
@@ -158,6 +162,7 @@ class Config:
             "imputation_reduction": ("sum", "mean"),
             "threshold_rule": ("youden", "max-f1", "fixed"),
             "tracking": TRACKER_NAMES,
+            "joint_head": ("mlp", "bilinear"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -180,6 +185,9 @@ class Config:
             raise ConfigError(f"config key 'poll-interval' must lie in (0, 10] seconds, got {self.poll_interval}")
         if not self.round_timeout > 0:
             raise ConfigError(f"config key 'round-timeout' must be > 0 seconds, got {self.round_timeout}")
+        if self.interaction_rank < 1 or self.unimodal_loss < 0 or not 0.0 <= self.dwfuse_floor < 1.0:
+            raise ConfigError(f"need interaction-rank >= 1, unimodal-loss >= 0 and 0 <= dwfuse-floor < 1; got "
+                              f"{self.interaction_rank}, {self.unimodal_loss}, {self.dwfuse_floor}")
         if not 0.0 <= self.hide_prob <= 1.0:
             raise ConfigError(f"config key 'hide-prob' must lie in [0, 1], got {self.hide_prob}")
         if self.image_channels not in (1, 3):

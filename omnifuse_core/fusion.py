@@ -7,7 +7,7 @@ from torch import nn
 _CLAMP = 1e-6
 
 
-def dwfuse_weights(p_true: torch.Tensor, beta: float) -> torch.Tensor:
+def dwfuse_weights(p_true: torch.Tensor, beta: float, floor: float = 0.0) -> torch.Tensor:
     """ω_m = [Π_{n≠m} (1 − p_n)]^{β/(M−1)}, computed in log space, without gradient.
 
     A modality whose *other* modalities already predict the true class confidently gets a small weight; one whose
@@ -16,17 +16,23 @@ def dwfuse_weights(p_true: torch.Tensor, beta: float) -> torch.Tensor:
     Args:
         p_true: ``[B, M]`` (or ``[B, M, L]`` for multi-label) probabilities that each head gives the true class.
         beta: the exponent β (default 0.5).
+        floor: κ ∈ [0, 1): the weight returned is κ + (1 − κ)·ω (``dwfuse-floor``; 0 = the paper's ω). Where one
+            modality already predicts well, the paper's ω drives the others' weights to 0 and their encoders stop
+            learning; the floor keeps a plain unimodal loss beside ω·loss (as ReconBoost keeps).
 
     Returns:
         ω with the shape of ``p_true``. With a single modality ω ≡ 1.
     """
     p = p_true.detach()
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"config key 'dwfuse-floor' must lie in [0, 1), got {floor}")
     m = p.shape[1]
     if m == 1:
         return torch.ones_like(p)
     log_miss = torch.log((1.0 - p).clamp_min(_CLAMP))  # log(1 - p_n)
     others = log_miss.sum(dim=1, keepdim=True) - log_miss  # Σ_{n≠m} log(1 - p_n)
-    return torch.exp(others * (beta / (m - 1)))
+    omega = torch.exp(others * (beta / (m - 1)))
+    return omega if floor == 0.0 else floor + (1.0 - floor) * omega
 
 
 class ModalityHeads(nn.Module):

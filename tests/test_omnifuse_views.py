@@ -73,7 +73,8 @@ def test_without_imputation_the_joint_head_reads_the_concatenated_embeddings():
     cfg = Config(**TINY, use_forward=False, use_backward=False, use_tla=False)
     model = build_model(TOY_SPECS, toy_task(), cfg)
     assert model.forward_cra is None and model.backward_cra is None
-    assert model.joint_head[0].in_features == len(TOY_SPECS) * TINY["embed_dim"]
+    extra = model.joint_head.interaction.out_dim if model.joint_head.interaction is not None else 0
+    assert model.joint_head.mlp[0].in_features == len(TOY_SPECS) * TINY["embed_dim"] + extra
     ds = make_toy_dataset(16, seed=7)
     loss, parts = model.training_loss(ds.full_batch())
     assert torch.isfinite(loss) and "loss_forward" not in parts

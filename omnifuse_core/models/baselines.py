@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import FUSIONS
+from ..interaction import JointHead
 from .base import FusionModel
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,64 @@ class _HeadFusion(FusionModel):
 
 @FUSIONS.register("concat")
 class ConcatFusion(_HeadFusion):
-    """Concatenation of the M embeddings (a missing modality contributes e_m(0)) -> MLP head."""
+    """Concatenation of the M embeddings (a missing modality contributes e_m(0)) -> joint head: an MLP over the
+    concatenation plus, with ``joint-head: bilinear``, low-rank products of every modality pair
+    (:mod:`omnifuse_core.interaction`)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        cfg = self.cfg
+        self.head = JointHead(base_dim=self.fused_width(), num_modalities=self.num_modalities, dim=cfg.embed_dim,
+                              hidden=cfg.head_hidden, out=self.task_spec.num_outputs, kind=cfg.joint_head,
+                              rank=cfg.interaction_rank)
+        # auxiliary unimodal heads (unimodal-loss > 0): each encoder also learns from its own linear read-out, so a
+        # weak modality's encoder is trained even where a strong modality already explains the label
+        self.aux_heads = nn.ModuleDict({n: nn.Linear(cfg.embed_dim, self.task_spec.num_outputs) for n in self.names}) \
+            if cfg.unimodal_loss > 0 else None
 
     def fused_width(self):
         return self.num_modalities * self.cfg.embed_dim
 
     def fuse(self, v, keep):
         return v.flatten(1)
+
+    def forward(self, inputs, present):
+        v = self.encode(inputs, present.bool())
+        return self.head(v.flatten(1), v)
+
+    def training_loss(self, batch):
+        present = batch["present"].bool()
+        v = self.encode(batch["inputs"], present)
+        joint = self.task.loss(self.head(v.flatten(1), v), batch["labels"])
+        parts = {"joint": joint}
+        if self.aux_heads is not None:
+            parts["unimodal"] = unimodal_loss(self.task, self.aux_heads.values(), v, present, batch["labels"])
+        total = joint + self.cfg.unimodal_loss * parts.get("unimodal", torch.zeros_like(joint))
+        loss = total.mean()
+        logged = {f"loss_{k}": float(t.detach().mean()) for k, t in parts.items()}
+        logged["loss"] = float(loss.detach())
+        return loss, logged
+
+    def param_group(self, param_name):
+        parts = param_name.split(".")
+        if len(parts) > 1 and parts[0] == "aux_heads":  # trained only by patients who have that modality
+            return f"enc:{parts[1]}"
+        return super().param_group(param_name)
+
+
+def unimodal_loss(task, heads, v: torch.Tensor, present: torch.Tensor, labels) -> torch.Tensor:
+    """Per-sample mean over the PRESENT modalities of each unimodal head's task loss (0 with nothing present).
+
+    Args:
+        task: the task (``elementwise_loss``-free: its per-sample ``loss``).
+        heads: one head per modality, in modality order.
+        v: embeddings ``[B, M, d]``.
+        present: bool ``[B, M]``.
+        labels: the batch's labels.
+    """
+    per_mod = torch.stack([task.loss(head(v[:, m]), labels) for m, head in enumerate(heads)], dim=1)  # [B, M]
+    w = present.to(per_mod.dtype)
+    return (per_mod * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
 
 @FUSIONS.register("sum")

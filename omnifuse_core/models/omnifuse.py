@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..fusion import ModalityHeads, dwfuse_weights
+from ..interaction import JointHead
 from ..imputer import CascadeResidualAutoencoder, masked_slot_mse
 from ..tla import activation_loss, all_combinations, combo_mask, combo_name, mean_distances, select_lazy
 from . import FUSIONS
@@ -52,8 +53,10 @@ class OmniFuse(FusionModel):
         out = self.task_spec.num_outputs
         self.heads = ModalityHeads(self.num_modalities, cfg.embed_dim, cfg.head_hidden, out)
         joint_dim = self.forward_cra.latent_dim if self.forward_cra is not None else dim
-        self.joint_head = nn.Sequential(nn.Linear(joint_dim, cfg.head_hidden), nn.ReLU(),
-                                        nn.Linear(cfg.head_hidden, out))
+        # g_rp on the joint embedding, plus low-rank products of the completed embeddings' pairs
+        # (joint-head: bilinear, omnifuse_core.interaction): the term an additive fusion cannot form
+        self.joint_head = JointHead(base_dim=joint_dim, num_modalities=self.num_modalities, dim=cfg.embed_dim,
+                                    hidden=cfg.head_hidden, out=out, kind=cfg.joint_head, rank=cfg.interaction_rank)
         self.lazy_combo: Optional[tuple[int, ...]] = None
         self.prediction_mode = cfg.prediction if cfg.prediction in PREDICTION_MODES else "joint"
 
@@ -122,13 +125,13 @@ class OmniFuse(FusionModel):
         return completed, joint
 
     def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
-        _, joint = self._eval_parts(inputs, present)
-        return self.joint_head(joint)
+        completed, joint = self._eval_parts(inputs, present)
+        return self.joint_head(joint, completed)
 
     def predict_all(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
         """Probabilities under each prediction mode, plus each modality head's own probability (``head:<m>``)."""
         completed, joint = self._eval_parts(inputs, present)
-        p_joint = self.task.to_prob(self.joint_head(joint))
+        p_joint = self.task.to_prob(self.joint_head(joint, completed))
         head_logits = self.heads(completed)
         per_head = [self.task.to_prob(head_logits[:, m]) for m in range(self.num_modalities)]
         p_heads = torch.stack(per_head, dim=0).mean(dim=0)
@@ -161,7 +164,7 @@ class OmniFuse(FusionModel):
             masks.append(present & combo_mask(self.lazy_combo, self.num_modalities, present.device))
         v_in, v_fwd, completed, joint = self.complete(v_true, v_miss, torch.stack(masks, 1),
                                                       need_output=self.backward_cra is not None)
-        joint_logits = self.joint_head(joint)  # [B, P, K]
+        joint_logits = self.joint_head(joint, completed)  # [B, P, K]
         zero = v_true.new_zeros(b)
         parts: dict[str, torch.Tensor] = {}
         if self.impute:
@@ -178,7 +181,7 @@ class OmniFuse(FusionModel):
         ce = torch.stack([self.task.elementwise_loss(head_logits[:, m], y) for m in range(self.num_modalities)], 1)
         if cfg.use_dwfuse:
             p = torch.stack([self.task.p_true(head_logits[:, m], y) for m in range(self.num_modalities)], 1)
-            omega = dwfuse_weights(p, cfg.beta)
+            omega = dwfuse_weights(p, cfg.beta, floor=cfg.dwfuse_floor)
         else:
             omega = torch.ones_like(ce)
         parts["enc"] = (omega * ce).sum(dim=1).mean(dim=-1)
@@ -222,8 +225,8 @@ class OmniFuse(FusionModel):
 
             def distance(combo: tuple[int, ...]) -> torch.Tensor:
                 avail = present & combo_mask(combo, self.num_modalities, present.device)
-                _, _, _, joint = self.complete(v_true, v_miss, avail, need_output=False)
-                logits = self.joint_head(joint)
+                _, _, completed, joint = self.complete(v_true, v_miss, avail, need_output=False)
+                logits = self.joint_head(joint, completed)
                 if noisy_select is not None:
                     return (1.0 - self.task.p_true(logits, y).mean(dim=1)).clamp(0.0, 1.0)
                 return self.task.loss(logits, y)
