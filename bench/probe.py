@@ -63,8 +63,8 @@ def probe_auroc(x_train, y_train, x_test, y_test) -> float:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if len(set(y_train.tolist())) < 2 or len(set(y_test.tolist())) < 2:
-        return float("nan")
+    if min(np.bincount(y_train.astype(int), minlength=2)) < 5 or len(set(y_test.tolist())) < 2:
+        return float("nan")  # too few patients of a class for 5-fold CV or for an AUROC
     model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=8, max_iter=3000)).fit(x_train, y_train)
     return float(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))
 
@@ -76,7 +76,8 @@ def latent_table(preset: str, n_sites, seed: int) -> dict[str, np.ndarray]:
     return {pid: c.z[i] for c in simulate_federation(preset, n_sites, seed) for i, pid in enumerate(c.patient_ids)}
 
 
-def probe_modalities(model, train, test, latents: dict, factors: dict[str, list[int]], oracle: dict) -> list[dict]:
+def probe_modalities(model, train, test, latents: dict, factors: dict[str, list[int]], oracle: dict,
+                     min_patients: int = 20) -> list[dict]:
     """One row per (modality, observed factor): R² raw, R² learned, probe AUROC, oracle AUROC."""
     import torch
 
@@ -87,8 +88,8 @@ def probe_modalities(model, train, test, latents: dict, factors: dict[str, list[
     for m, spec in enumerate(train.specs):
         sel = {s: ds.present[:, m].numpy() for s, ds in (("train", train), ("test", test))}
         data = {s: ds for s, ds in (("train", train), ("test", test))}
-        if sel["train"].sum() < 20 or sel["test"].sum() < 20:
-            log.warning("modality %s: fewer than 20 train or test patients have it; skipped", spec.name)
+        if sel["train"].sum() < min_patients or sel["test"].sum() < min_patients:
+            log.warning("modality %s: fewer than %d train or test patients have it; skipped", spec.name, min_patients)
             continue
         raw = {s: raw_features(spec.name, spec.kind, data[s].inputs[spec.name][torch.from_numpy(sel[s])])
                for s in sel}
@@ -123,6 +124,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("bench/work"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--min-patients", type=int, default=20,
+                    help="probe a modality only where this many train and test patients have it")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -134,7 +137,7 @@ def main() -> None:
     factors = {m: sorted(f) for m, f in get_preset(args.preset).signals.items()}
     oracle = {m: oracle_value(data, [m]) for m in cfg.modality_list}
     rows = probe_modalities(result["model"], pool("train"), pool("test"), latent_table(args.preset, args.sites,
-                            args.data_seed), factors, oracle)
+                            args.data_seed), factors, oracle, args.min_patients)
     out = args.out or Path(__file__).resolve().parent / "results" / f"probe-{args.preset}-{cfg.fusion}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": cfg.to_flat(), "data_seed": args.data_seed, "pooled_auroc":

@@ -345,6 +345,21 @@ def test_learnability_small(work):
     assert "| ehr+image |" in proc.stdout and "| — |" in proc.stdout
 
 
+def test_probe_small(work):
+    """bench/probe.py (issue 23 diagnosis): one trained model, a ridge probe per modality and latent factor."""
+    out = work / "probe.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "probe.py"), "--preset", "smoke", "--config", "smoke",
+           "--set", "rounds=1", "--min-patients", "5", "--work", str(work), "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and {r["modality"] for r in rows} <= {"ehr", "image", "text", "genomics"}
+    for r in rows:
+        assert is_num(r["r2_raw"]) and is_num(r["r2_learned"]) and r["r2_raw"] <= 1 and r["r2_learned"] <= 1
+    assert "| R² raw features |" in proc.stdout.replace("| modality | latent factor ", "")
+
+
 def test_noop_floor_app_echoes_the_payload_and_reports_its_startup(monkeypatch, task_identity):
     """bench/noop_app (B7 floor): the Flower components its pyproject names load, and its ClientApp echoes the
     arrays it gets with a start-up time; the whole benchmark runs real processes (bench/deploy_floor.py)."""
