@@ -60,6 +60,7 @@ class Config:
     image_encoder: str = "small_cnn"  # small_cnn | pooled (8x8 average pool + linear) | resnet18 | resnet34
     image_checkpoint: str = ""  # optional weights-only checkpoint for the image backbone
     genomics_encoder: str = "snn"  # snn | mlp | linear
+    genomics_input_dropout: float = 0.0  # dropout on the genes before the genomics encoder (p >> n regulariser)
     text_encoder: str = "projection"  # projection (MLP head) | linear, over the frozen text model's cached embeddings
     dp_compatible: bool = False  # build DP-compatible layers (DPGRU/DPLSTM, GroupNorm) even without DP
     head_hidden: int = 64
@@ -185,6 +186,8 @@ class Config:
             raise ConfigError(f"config key 'poll-interval' must lie in (0, 10] seconds, got {self.poll_interval}")
         if not self.round_timeout > 0:
             raise ConfigError(f"config key 'round-timeout' must be > 0 seconds, got {self.round_timeout}")
+        if not 0.0 <= self.genomics_input_dropout < 1.0:
+            raise ConfigError(f"genomics-input-dropout must lie in [0, 1), got {self.genomics_input_dropout}")
         if self.interaction_rank < 1 or self.unimodal_loss < 0 or not 0.0 <= self.dwfuse_floor < 1.0:
             raise ConfigError(f"need interaction-rank >= 1, unimodal-loss >= 0 and 0 <= dwfuse-floor < 1; got "
                               f"{self.interaction_rank}, {self.unimodal_loss}, {self.dwfuse_floor}")

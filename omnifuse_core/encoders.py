@@ -258,4 +258,8 @@ def build_encoder(spec: ModalitySpec, cfg: Config) -> nn.Module:
         if spec.kind != KIND_SEQUENCE:
             raise ValueError(f"modality '{spec.name}': encoder '{name}' needs a sequence input, got kind {spec.kind}")
         return SequenceEncoder(spec=spec, cfg=cfg, cell=name, dp=dp)
-    return ENCODERS.get(name)(spec=spec, cfg=cfg)
+    encoder = ENCODERS.get(name)(spec=spec, cfg=cfg)
+    if spec.kind == KIND_GENOMICS and cfg.genomics_input_dropout > 0:
+        # p >> n: drop whole genes at the input (per sample; e(0) unchanged: dropout of zeros is zero)
+        return nn.Sequential(nn.Dropout(cfg.genomics_input_dropout), encoder)
+    return encoder

@@ -125,3 +125,22 @@ def test_dwfuse_floor_keeps_every_weight_at_least_kappa(p, kappa):
 def test_dwfuse_floor_out_of_range_is_refused():
     with pytest.raises(ValueError, match="dwfuse-floor"):
         dwfuse_weights(torch.rand(2, 3), 0.5, floor=1.0)
+
+
+def test_genomics_input_dropout_drops_genes_in_training_only_and_keeps_e0():
+    cfg = Config(**TINY, fusion="concat", genomics_encoder="linear", genomics_input_dropout=0.5)
+    torch.manual_seed(0)
+    model = build_model(TOY_SPECS, toy_task(), cfg)
+    enc = model.encoders["genomics"]
+    assert isinstance(enc[0], torch.nn.Dropout) and model.param_group("encoders.genomics.1.proj.weight") == \
+        "enc:genomics"
+    x = torch.randn(4, TOY_SPECS[3].shape[0])
+    enc.train()
+    assert not torch.equal(enc(x), enc(x))  # a fresh gene mask per call
+    enc.eval()
+    torch.testing.assert_close(enc(x), enc(x))
+    enc.train()
+    zero = torch.zeros(2, TOY_SPECS[3].shape[0])
+    torch.testing.assert_close(enc(zero), enc.eval()(zero))  # e(0) does not depend on the mask
+    with pytest.raises(ConfigError, match="genomics-input-dropout"):
+        Config(genomics_input_dropout=1.0).validate()
