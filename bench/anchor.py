@@ -6,6 +6,8 @@ Usage:
   .venv/bin/python bench/anchor.py --preset reliability --data-seeds 3 [--work bench/work] [--models hgb,logistic]
       [--settings pooled,local] [--subsets ehr image text genomics image,genomics]
   .venv/bin/python bench/anchor.py --quick      # smoke preset
+  .venv/bin/python bench/anchor.py --preset reliability --models hgb,mlp --settings pooled   # trees vs a neural net
+      on the same features (bench/anchor_mlp.py: the diagnosis, not part of the default anchor)
 
 Features (:func:`modality_features`, label-free, NaN for every feature of a missing modality): EHR sequences, per
 value column of the discretizer (12 continuous values and the 47 one-hot category columns) the mean / last / min /
@@ -34,14 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 log = logging.getLogger("bench.anchor")
 
 TASKS = ("binary", "multiclass")
-MODELS = ("hgb", "logistic")
+MODELS = ("hgb", "logistic", "mlp")
+DEFAULT_MODELS = ("hgb", "logistic")
 SETTINGS = ("pooled", "local")
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 HGB = {"learning_rate": 0.05, "max_iter": 300, "max_leaf_nodes": 15, "min_samples_leaf": 20,
        "l2_regularization": 1.0, "early_stopping": False}
 QUANTILES = (0.5, 0.9, 0.99)
 LABELS = {"pooled/hgb": "pooled HGB", "pooled/logistic": "pooled logistic", "local/hgb": "local HGB",
-          "local/logistic": "local logistic"}
+          "local/logistic": "local logistic", "pooled/mlp": "pooled MLP (anchor features)",
+          "local/mlp": "local MLP (anchor features)"}
 
 
 # --- features -------------------------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ def fit_and_score(model: str, X: dict, y: dict, task: str, k: int, seed: int = 0
     """Fit on ``X["train"]``, choose the hyperparameter on ``X["val"]``, return the test scores.
 
     Args:
-        model: ``hgb`` or ``logistic``.
+        model: ``hgb``, ``logistic`` or ``mlp`` (:mod:`bench.anchor_mlp`).
         X: ``{"train", "val", "test"}`` feature matrices.
         y: ``{"train", "val"}`` labels (the test labels are never passed in).
         task: ``binary`` or ``multiclass``.
@@ -178,6 +182,10 @@ def fit_and_score(model: str, X: dict, y: dict, task: str, k: int, seed: int = 0
         best = pick(vals, C_GRID.index(1.0))
         return (_full(fits[best].predict_proba(X["test"]), fits[best].classes_, task, k),
                 {"C": C_GRID[best], "val_criterion": vals[best]})
+    if model == "mlp":  # the diagnosis: a neural net on the same features (bench/anchor_mlp.py)
+        from bench.anchor_mlp import fit_mlp
+
+        return fit_mlp(X, y, task, k, crit, seed)
     raise ValueError(f"unknown anchor model {model!r}; choose from {list(MODELS)}")
 
 
@@ -304,7 +312,7 @@ def main() -> None:
     torch.set_num_threads(max(1, args.threads))
     threadpool_limits(max(1, args.threads))
     keys = [f"{st}/{m}" for st in choose(ap, args.settings, SETTINGS, SETTINGS, "setting")
-            for m in choose(ap, args.models, MODELS, MODELS, "model")]
+            for m in choose(ap, args.models, MODELS, DEFAULT_MODELS, "model")]
     cfg = load_config(args)
     data_seeds = list(range(args.data_seed, args.data_seed + args.data_seeds))
     subsets = [s.split(",") for s in args.subsets] if args.subsets else [None]

@@ -54,7 +54,7 @@ def test_features_are_label_free(sites):
     np.testing.assert_array_equal(modality_features(ds)[0], modality_features(shuffled)[0])
 
 
-@pytest.mark.parametrize("model", ["hgb", "logistic"])
+@pytest.mark.parametrize("model", ["hgb", "logistic", "mlp"])
 def test_test_labels_never_reach_the_fit(sites, model):
     cfg = Config.load("smoke")
     base = anchor_result(sites, cfg, model=model, setting="pooled")
