@@ -243,6 +243,33 @@ def anchor_result(sites: list, cfg, model: str = "hgb", setting: str = "pooled",
 
 
 # --- command line ---------------------------------------------------------------------------------------------
+def anchor_rows(sites_of_seed, cfg, data_seeds: list, seeds: list, keys=("pooled/hgb", "local/hgb")) -> dict:
+    """Anchor runs to sit beside a deep-model table, paired with its runs by (data seed, model seed).
+
+    The anchor is fitted once per data seed (estimator seed 0; HGB without early stopping and the logistic are
+    deterministic given the data) and its result repeated under every model seed, so ``bench.stats.compare`` pairs
+    it with each deep run on the same test patients; its own spread over model seeds is zero by construction.
+
+    Args:
+        sites_of_seed: ``data seed -> loaded sites``.
+        cfg: the table's config (task, modalities).
+        data_seeds, seeds: the table's data and model seeds.
+        keys: ``setting/model`` pairs, e.g. ``pooled/hgb``.
+
+    Returns:
+        ``{"anchor/<setting>_<model>": [run results sorted by (data seed, model seed)]}``.
+    """
+    out: dict = {}
+    for key in keys:
+        setting, model = key.split("/")
+        name = f"anchor/{setting}_{model}"
+        for ds in data_seeds:
+            r = anchor_result(sites_of_seed(ds), cfg, model=model, setting=setting, seed=0)
+            out.setdefault(name, []).extend({**r, "key": name, "data_seed": ds, "seed": s, "mode": setting}
+                                            for s in seeds)
+    return out
+
+
 def oracle(data: Path, site_names: list, task: str, subset: list | None = None) -> dict:
     """The oracle's test AUROC from ``oracle.json``: observed modalities (per site, sample-weighted ``global`` and
     ``pooled``), or with ``subset`` the global value for that subset (as ``bench/learnability.py``)."""

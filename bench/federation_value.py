@@ -65,6 +65,7 @@ def main() -> None:
     ap = add_run_args(base_parser(__doc__.splitlines()[0], seeds=3))
     ap.add_argument("--runs", default="", help=f"comma-separated subset of {list(RUNS)}")
     ap.add_argument("--flower", action="store_true", help="federated rows as Flower simulations (one at a time)")
+    ap.add_argument("--no-anchor", action="store_true", help="leave out the classical anchor rows (bench/anchor.py)")
     args = resolve_args(ap.parse_args(), "federation_value", preset_in_name=True)
     names = choose(ap, args.runs, list(RUNS), QUICK_RUNS if args.quick else list(RUNS), "run")
     base = load_config(args)
@@ -82,6 +83,12 @@ def main() -> None:
 
     specs = [RunSpec(n, ds, s, mode(n), RUNS[n][1]) for ds in data_seeds for s in seeds for n in names]
     runs = by_key(execute(specs, args))
+    if not args.no_anchor:  # the classical anchor beside every run (issue 23): pooled and per-site HGB
+        from bench.anchor import anchor_rows
+        from bench.runner import load_federation
+
+        runs.update(anchor_rows(lambda ds: load_federation(args, ds), base, data_seeds, seeds))
+        names = [*names, *(n for n in runs if n.startswith("anchor/"))]
     kw = {"reps": args.bootstrap, "seed": args.bootstrap_seed}
     table = {n: {"global": summary(runs[n]), "sites": {s: summary(runs[n], s) for s in site_names},
                  "seconds": mean_std(r["seconds"] for r in runs[n])} for n in names}
@@ -94,13 +101,20 @@ def main() -> None:
     if "federated/omnifuse" in runs:
         targets["federated_vs_oracle"] = target("federated OmniFuse − oracle (observed) AUROC",
                                                 table["federated/omnifuse"]["global"]["mean"] - oracle["global"], -0.03)
+    for arm in ("federated/omnifuse", "federated/concat"):
+        if arm in runs and "anchor/pooled_hgb" in runs:
+            comparisons[f"{arm} − pooled HGB anchor"] = compare(runs[arm], runs["anchor/pooled_hgb"], **kw)
+    if "federated/omnifuse" in runs and "anchor/local_hgb" in runs:
+        for site in site_names:
+            comparisons[f"{site}: federated OmniFuse − local HGB anchor"] = compare(
+                runs["federated/omnifuse"], runs["anchor/local_hgb"], site=site, **kw)
     if "federated/omnifuse" in runs and "local/omnifuse" in runs:
         for site in site_names:
             c = compare(runs["federated/omnifuse"], runs["local/omnifuse"], site=site, **kw)
             comparisons[f"{site}: federated − local-only (OmniFuse)"] = c
             targets[f"federated_vs_local[{site}]"] = target(f"{site}: federated − local-only AUROC",
                                                             c["mean_diff"], 0.02)
-    rows = [[n + (" (Flower)" if mode(n) == "flower" else ""), fmt(table[n]["global"]),
+    rows = [[n + (" (Flower)" if n in RUNS and mode(n) == "flower" else ""), fmt(table[n]["global"]),
              *(fmt(table[n]["sites"][s]) for s in site_names)] for n in names]
     rows.append(["oracle (observed modalities)", fnum(oracle["global"]),
                  *(fnum(oracle["sites"].get(s)) for s in site_names)])
@@ -109,8 +123,8 @@ def main() -> None:
                                   [[k, fdiff(c), fp(c)] for k, c in comparisons.items()])
     publish(args, {
         "benchmark": "B4 federation value", "preset": args.preset, "config": args.config, "data_seeds": data_seeds,
-        "seeds": seeds, "runs_compared": names, "run_modes": {n: mode(n) for n in names},
-        "run_overrides": {n: RUNS[n][1] for n in names}, "summary": table, "comparisons": comparisons,
+        "seeds": seeds, "runs_compared": names, "run_modes": {n: mode(n) if n in RUNS else "anchor" for n in names},
+        "run_overrides": {n: RUNS[n][1] for n in names if n in RUNS}, "summary": table, "comparisons": comparisons,
         "oracle": oracle, "metric": "test AUROC per site; global = sample-weighted mean over sites",
         "config_resolved": base.to_flat()},
         [r for k in runs for r in runs[k]],

@@ -218,8 +218,10 @@ def test_missing_masks_are_nested_and_zeroed():
 def test_federation_value_quick(work):
     """B4 on smoke: centralized, local-only and federated (in-process round loop) OmniFuse, beside the oracle."""
     res, stdout = run_script("federation_value", work)
-    assert res["runs_compared"] == ["centralized/omnifuse", "local/omnifuse", "federated/omnifuse"]
+    assert res["runs_compared"] == ["centralized/omnifuse", "local/omnifuse", "federated/omnifuse",
+                                    "anchor/pooled_hgb", "anchor/local_hgb"]  # the classical anchor beside them
     assert res["seeds"] == [0] and res["run_modes"]["federated/omnifuse"] == "federated"
+    assert res["run_modes"]["anchor/pooled_hgb"] == "anchor"
     sites = sorted(res["oracle"]["sites"])
     assert sites == ["hospital_a", "hospital_b", "hospital_c"] and 0.5 < res["oracle"]["global"] <= 1.0
     for name in res["runs_compared"]:
@@ -229,6 +231,8 @@ def test_federation_value_quick(work):
     assert {"federated_vs_centralized", "federated_vs_oracle"} <= set(res["targets"])
     assert {f"federated_vs_local[{s}]" for s in sites} <= set(res["targets"])
     assert has_ci(res["comparisons"]["federated − centralized (OmniFuse)"])
+    assert has_ci(res["comparisons"]["federated/omnifuse − pooled HGB anchor"])
+    assert "| anchor/pooled_hgb |" in stdout
     assert "| oracle (observed modalities) |" in stdout and "Targets:" in stdout
 
 
