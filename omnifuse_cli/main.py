@@ -50,15 +50,18 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder for the federation.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing synthetic federation in --out.")
-def synth(preset: str, sites: int | None, out: Path, seed: int, overwrite: bool) -> None:
+@click.option("--ehr-format", type=click.Choice(["csv", "meds"]), default="csv", show_default=True,
+              help="EHR as per-stay CSVs (MIMIC-benchmark layout) or as a MEDS root per site (ehr-meds).")
+def synth(preset: str, sites: int | None, out: Path, seed: int, overwrite: bool, ehr_format: str) -> None:
     """Generate a synthetic federation: site folders, federation.yaml and oracle.json.
 
     \b
     Example:
       omnifuse synth --preset laziness --sites 4 --out data/laziness --seed 0
+      omnifuse synth --preset smoke --sites 3 --out data/smoke-meds --ehr-format meds
     """
     from sim.generator import generate_federation
-    path = generate_federation(preset, sites, out, seed=seed, overwrite=overwrite)
+    path = generate_federation(preset, sites, out, seed=seed, overwrite=overwrite, ehr_format=ehr_format)
     click.echo(f"synthetic federation written to {path} (oracle: {path / 'oracle.json'})")
 
 

@@ -28,7 +28,8 @@ KIND_TABULAR = "tabular"  # static vector [F]
 KIND_IMAGE = "image"  # [C, H, W]
 KIND_TEXT = "text_embedding"  # cached frozen-text-model embedding [E]
 KIND_GENOMICS = "genomics"  # expression vector [G]
-KINDS = (KIND_SEQUENCE, KIND_TABULAR, KIND_IMAGE, KIND_TEXT, KIND_GENOMICS)
+KIND_EVENTS = "events"  # MEDS event sequence [L, 4]: code index, value, has value, time bucket
+KINDS = (KIND_SEQUENCE, KIND_TABULAR, KIND_IMAGE, KIND_TEXT, KIND_GENOMICS, KIND_EVENTS)
 
 
 @dataclass(frozen=True)

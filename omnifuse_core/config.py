@@ -41,6 +41,10 @@ class Config:
     image_channels: int = 1  # 1 (grayscale) | 3 (RGB): every site's images are converted to this
     ehr_step_hours: float = 2.0
     ehr_max_hours: float = 48.0
+    ehr_max_events: int = 256  # ehr-meds: the most recent events per patient (before its prediction time) the encoder sees
+    ehr_look_back_hours: float = 0.0  # ehr-meds: only events this many hours before the prediction time (0 = whole history)
+    ehr_vocab_size: int = 1024  # ehr-meds: codes in the federated vocabulary (top-K by patients, summed over sites)
+    ehr_vocab_min_patients: int = 10  # ehr-meds: small-cell suppression k: a code with fewer training patients never leaves its site
     text_model_path: str = ""  # local Hugging Face folder; "" = the bundled all-MiniLM-L6-v2
     text_max_length: int = 128
     survival_bins: int = 4
@@ -57,6 +61,7 @@ class Config:
     embed_dim: int = 128
     encoder_hidden: int = 64
     ehr_encoder: str = "gru"  # gru | lstm | tcn | summary (sequence); tabular EHR: mlp, or linear if set here
+    ehr_event_encoder: str = "bag_of_codes"  # ehr-meds event sequences: bag_of_codes | event_gru
     image_encoder: str = "small_cnn"  # small_cnn | pooled (8x8 average pool + linear) | resnet18 | resnet34
     image_checkpoint: str = ""  # optional weights-only checkpoint for the image backbone
     genomics_encoder: str = "snn"  # snn | mlp | linear
@@ -164,6 +169,7 @@ class Config:
             "threshold_rule": ("youden", "max-f1", "fixed"),
             "tracking": TRACKER_NAMES,
             "joint_head": ("mlp", "bilinear"),
+            "ehr_event_encoder": ("bag_of_codes", "event_gru"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -173,13 +179,17 @@ class Config:
         if len(set(self.modality_list)) != len(self.modality_list):
             raise ConfigError(f"config key 'modalities' repeats a name: {self.modalities!r}")
         for key in ("batch_size", "local_epochs", "embed_dim", "cra_blocks", "rounds", "min_sites",
-                    "min_train_replies", "tla_min_samples", "score_bins"):
+                    "min_train_replies", "tla_min_samples", "score_bins", "ehr_max_events", "ehr_vocab_size",
+                    "ehr_vocab_min_patients"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key '{_ext(key)}' must be >= 1, got {getattr(self, key)}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"config key 'threshold' must lie in (0, 1), got {self.threshold}")
         if self.early_stopping < 0:
             raise ConfigError(f"config key 'early-stopping' is a patience in rounds (0 = off), got {self.early_stopping}")
+        if self.ehr_look_back_hours < 0:
+            raise ConfigError(f"config key 'ehr-look-back-hours' must be >= 0 (0 = whole history), got "
+                              f"{self.ehr_look_back_hours}")
         if self.bootstrap_reps < 0:
             raise ConfigError(f"config key 'bootstrap-reps' must be >= 0 (0 = no interval), got {self.bootstrap_reps}")
         if not 0 < self.poll_interval <= 10:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .batch import KIND_GENOMICS, KIND_IMAGE, KIND_SEQUENCE, KIND_TABULAR, KIND_TEXT, ModalitySpec
+from .batch import KIND_EVENTS, KIND_GENOMICS, KIND_IMAGE, KIND_SEQUENCE, KIND_TABULAR, KIND_TEXT, ModalitySpec
 from .config import Config
 from .registry import Registry
 
@@ -241,7 +241,7 @@ ENCODERS.register("resnet18")(lambda **kw: ResNetEncoder(depth=18, **kw))
 ENCODERS.register("resnet34")(lambda **kw: ResNetEncoder(depth=34, **kw))
 
 _NAME_BY_KIND = {KIND_SEQUENCE: "ehr_encoder", KIND_IMAGE: "image_encoder", KIND_TEXT: "text_encoder",
-                 KIND_GENOMICS: "genomics_encoder"}
+                 KIND_GENOMICS: "genomics_encoder", KIND_EVENTS: "ehr_event_encoder"}
 
 
 def encoder_name(spec: ModalitySpec, cfg: Config) -> str:
@@ -258,8 +258,13 @@ def build_encoder(spec: ModalitySpec, cfg: Config) -> nn.Module:
         if spec.kind != KIND_SEQUENCE:
             raise ValueError(f"modality '{spec.name}': encoder '{name}' needs a sequence input, got kind {spec.kind}")
         return SequenceEncoder(spec=spec, cfg=cfg, cell=name, dp=dp)
+    if name == "event_gru":
+        return ENCODERS.get(name)(spec=spec, cfg=cfg, dp=dp)
     encoder = ENCODERS.get(name)(spec=spec, cfg=cfg)
     if spec.kind == KIND_GENOMICS and cfg.genomics_input_dropout > 0:
         # p >> n: drop whole genes at the input (per sample; e(0) unchanged: dropout of zeros is zero)
         return nn.Sequential(nn.Dropout(cfg.genomics_input_dropout), encoder)
     return encoder
+
+
+from . import encoders_events  # noqa: E402,F401  (registers bag_of_codes / event_gru)

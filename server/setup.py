@@ -84,7 +84,7 @@ def exchange(grid: Grid, cfg: Config, base: dict, timeout: float) -> Federation:
     replies = query(grid, nodes, P.QUERY_STATS, base, timeout, cfg.poll_interval)
     site_stats = [json.loads(r.content.config_records[P.INFO][P.SITE_STATS_JSON]) for r in replies.values()]
     _check_declared(replies, cfg)
-    stats = combine_stats(site_stats, gene_policy=cfg.genomics_gene_policy)
+    stats = combine_stats(site_stats, gene_policy=cfg.genomics_gene_policy, vocab_size=cfg.ehr_vocab_size)
     replies = query(grid, nodes, P.QUERY_DESCRIBE, {**base, P.STATS_JSON: json.dumps(stats)}, timeout,
                     cfg.poll_interval)
     infos = {n: dict(r.content.config_records[P.INFO]) for n, r in replies.items()}

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Independent random streams per site, so changing one renderer never shifts another's draws.
 STREAMS = {"latent": 0, "signal": 1, "presence": 2, "labels": 3, "split": 4, "ehr": 5, "image": 6, "text": 7,
-           "genomics": 8, "structure": 9, "reliability": 10, "artifact": 11}
+           "genomics": 8, "structure": 9, "reliability": 10, "artifact": 11, "meds": 12}
 
 
 def rng_for(seed: int, site_index: int, stream: str) -> np.random.Generator:

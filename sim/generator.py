@@ -27,6 +27,7 @@ import yaml
 
 from sim.cohort import SiteCohort, rng_for, simulate_federation
 from sim.ehr import render_ehr, write_ehr
+from sim.meds_writer import DECLARATION as MEDS_DECLARATION, subject_ids, write_meds
 from sim.genomics import GenePanel, make_panel, render_expression, write_expression
 from sim.images import corrupt_images, render_images, write_images
 from sim.latent import PHENO_NAMES
@@ -64,7 +65,10 @@ def _flags(c: SiteCohort, m: str, kind: str, sel: np.ndarray) -> np.ndarray | No
     return None
 
 
-def _write_site(root: Path, c: SiteCohort, panel: GenePanel, seed: int) -> dict[str, int]:
+EHR_FORMATS = ("csv", "meds")
+
+
+def _write_site(root: Path, c: SiteCohort, panel: GenePanel, seed: int, ehr_format: str = "csv") -> dict[str, int]:
     site_dir = root / c.name
     site_dir.mkdir(parents=True)
     refs = {m: [""] * c.n for m in MODALITIES}
@@ -78,7 +82,13 @@ def _write_site(root: Path, c: SiteCohort, panel: GenePanel, seed: int) -> dict[
     if sel.any():
         docs = render_ehr(_column(c, "ehr", 0)[sel], _column(c, "ehr", 3)[sel], c.profile.gcs_style,
                           rng_for(seed, c.index, "ehr"), sparse=_flags(c, "ehr", "sparse", sel))
-        fill("ehr", write_ehr(site_dir, list(pids[sel]), docs))
+        if ehr_format == "meds":
+            subjects = subject_ids(c.index, c.n)[sel]
+            write_meds(site_dir, subjects, docs, c.labels.mortality[sel], list(np.asarray(c.split)[sel]),
+                       rng_for(seed, c.index, "meds"))
+            fill("ehr", [str(s) for s in subjects])  # ehr reference = MEDS subject_id
+        else:
+            fill("ehr", write_ehr(site_dir, list(pids[sel]), docs))
     sel = c.present["image"]
     if sel.any():
         imgs = render_images(c.signals["image"][sel], SCANNERS[c.profile.scanner], rng_for(seed, c.index, "image"))
@@ -106,7 +116,8 @@ def _write_site(root: Path, c: SiteCohort, panel: GenePanel, seed: int) -> dict[
                         *(int(v) for v in lab.pheno[i]), f"{lab.time[i]:.1f}", int(lab.event[i]),
                         *(refs[m][i] for m in MODALITIES)])
     descriptor = {"site": c.name, "cohort": "cohort.csv", "id-column": "patient_id", "split-column": "split",
-                  "labels": LABELS, "modalities": MODALITY_DECLS}
+                  "labels": LABELS, "modalities": {**MODALITY_DECLS,
+                                                   **({"ehr": MEDS_DECLARATION} if ehr_format == "meds" else {})}}
     (site_dir / "site.yaml").write_text(yaml.safe_dump(descriptor, sort_keys=False))
     return {m: int(c.present[m].sum()) for m in MODALITIES}
 
@@ -142,7 +153,7 @@ def _write_reliability(path: Path, cohorts: list[SiteCohort]) -> None:
 
 
 def generate_federation(preset: str | Preset, n_sites: int | None, out_dir: Path, seed: int = 0,
-                        overwrite: bool = False) -> Path:
+                        overwrite: bool = False, ehr_format: str = "csv") -> Path:
     """Simulate a federation and write it to ``out_dir``.
 
     Args:
@@ -151,6 +162,8 @@ def generate_federation(preset: str | Preset, n_sites: int | None, out_dir: Path
         out_dir: output folder; must be empty or absent (see ``overwrite``).
         seed: random seed; the same seed gives byte-identical files.
         overwrite: replace an earlier synthetic federation in ``out_dir`` (only the folders it lists).
+        ehr_format: ``csv`` (per-stay CSVs, MIMIC-benchmark layout) or ``meds`` (a MEDS root per site with the
+            same observations, ``sim.meds_writer``).
 
     Returns:
         ``out_dir`` (holding ``federation.yaml``).
@@ -159,6 +172,8 @@ def generate_federation(preset: str | Preset, n_sites: int | None, out_dir: Path
         ValueError: unknown preset or bad n_sites. FileExistsError: ``out_dir`` holds other files.
     """
     start = time.perf_counter()
+    if ehr_format not in EHR_FORMATS:
+        raise ValueError(f"ehr_format {ehr_format!r} unknown; use one of {', '.join(EHR_FORMATS)}")
     p = get_preset(preset) if isinstance(preset, str) else preset
     out_dir = Path(out_dir)
     cohorts = simulate_federation(p, n_sites, seed)
@@ -166,7 +181,7 @@ def generate_federation(preset: str | Preset, n_sites: int | None, out_dir: Path
     panel = make_panel(p.n_genes, len(p.signals["genomics"]), p.pathway_genes, rng_for(seed, -1, "structure"))
     counts = {}
     for c in cohorts:
-        counts[c.name] = {"patients": c.n, **_write_site(out_dir, c, panel, seed)}
+        counts[c.name] = {"patients": c.n, **_write_site(out_dir, c, panel, seed, ehr_format)}
         log.info("site %s written: %s", c.name, counts[c.name])
     oracle = compute_oracle(p, cohorts, seed)
     oracle["genes"] = panel.describe()
@@ -176,7 +191,7 @@ def generate_federation(preset: str | Preset, n_sites: int | None, out_dir: Path
     federation = {
         "preset": p.name, "seed": int(seed), "sites": [c.name for c in cohorts],
         "labels": LABELS, "tasks": ["binary", "multiclass", "multilabel", "survival"],
-        "modalities": list(MODALITIES), "oracle": ORACLE_FILE, "counts": counts,
+        "modalities": list(MODALITIES), "ehr-format": ehr_format, "oracle": ORACLE_FILE, "counts": counts,
     }
     if p.reliability:
         federation["reliability"] = RELIABILITY_FILE

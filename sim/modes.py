@@ -66,7 +66,8 @@ def load_sites(data: Path, cfg: Config) -> list[SiteData]:
     paths = site_folders(data)
     declared = {d.name: list(d.modalities) for d in (parse_descriptor(Path(p))[0] for p in paths) if d is not None}
     check_declared(declared, cfg)  # before loading: an undeclared modality would fail later with a vaguer message
-    stats = combine_stats([site_stats(p, cfg) for p in paths], gene_policy=cfg.genomics_gene_policy)
+    stats = combine_stats([site_stats(p, cfg) for p in paths], gene_policy=cfg.genomics_gene_policy,
+                          vocab_size=cfg.ehr_vocab_size)
     return [load_site(p, cfg, stats=stats) for p in paths]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,8 @@ class ModalityData:
         feature_names: names of the features standardized with federated statistics (last axis).
         feature_index: their positions on the last axis (None: nothing is standardized).
         texts: raw texts (text modality only; embedded later).
+        events: the kept MEDS events (``ehr-meds`` only; encoded later with the vocabulary,
+            ``omnifuse_core.data.events``).
     """
 
     name: str
@@ -36,6 +39,7 @@ class ModalityData:
     feature_names: list[str] = field(default_factory=list)
     feature_index: list[int] | None = None
     texts: list[str | None] | None = None
+    events: Any = None
 
 
 @dataclass
@@ -49,6 +53,7 @@ class ReadContext:
         problems: problems found so far (readers append).
         notes: human-readable notes for the validation summary.
         files: every data file referenced (for the dataset fingerprint).
+        split_column: the descriptor's split column (a MEDS reader sets the split from MEDS without one).
     """
 
     site_dir: Path
@@ -57,6 +62,7 @@ class ReadContext:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     files: set[Path] = field(default_factory=set)
+    split_column: str | None = None
 
     def problem(self, modality: str, patient: int | None, file: str, row: int | None, fld: str | None,
                 reason: str, code: str) -> None:

@@ -21,6 +21,7 @@ TASK_KINDS = ("binary", "multiclass", "multilabel", "survival")
 MODALITY_KEYS: dict[str, tuple[str, ...]] = {
     "ehr-timeseries": ("format", "column"),
     "ehr-long": ("table", "column"),
+    "ehr-meds": ("root", "labels", "prediction-time-column", "column"),
     "tabular": ("columns",),
     "image": ("channels", "mean", "std", "column"),
     "text": ("column", "path-column"),
@@ -79,6 +80,8 @@ class SiteDescriptor:
             if m.inline_text_column:
                 cols.add(m.inline_text_column)
             cols.update(m.options.get("columns", []))
+            if m.options.get("prediction-time-column"):
+                cols.add(str(m.options["prediction-time-column"]))
         return cols
 
 

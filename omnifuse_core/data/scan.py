@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..batch import KIND_GENOMICS, KIND_IMAGE, KIND_SEQUENCE, KIND_TABULAR, KIND_TEXT
+from ..batch import KIND_EVENTS, KIND_GENOMICS, KIND_IMAGE, KIND_SEQUENCE, KIND_TABULAR, KIND_TEXT
 from ..config import Config
 from . import mimic_schema as S
 from .base import ModalityData, ReadContext, empty
@@ -26,7 +26,7 @@ from .text import TextEmbedder, read_texts, text_data
 
 log = logging.getLogger(__name__)
 
-TYPE_KIND = {"ehr-timeseries": KIND_SEQUENCE, "ehr-long": KIND_SEQUENCE, "tabular": KIND_TABULAR,
+TYPE_KIND = {"ehr-timeseries": KIND_SEQUENCE, "ehr-long": KIND_SEQUENCE, "ehr-meds": KIND_EVENTS, "tabular": KIND_TABULAR,
              "image": KIND_IMAGE, "text": KIND_TEXT, "genomics": KIND_GENOMICS}
 #: Kind of a configured modality that a site does not declare at all, inferred from its name.
 NAME_KIND = {"ehr": KIND_SEQUENCE, "image": KIND_IMAGE, "text": KIND_TEXT, "genomics": KIND_GENOMICS}
@@ -90,7 +90,7 @@ def scan_site(path: str | Path, cfg: Config | None = None, *, modalities: list[s
     names = cfg.modality_list if cfg else list(desc.modalities)
     if modalities is not None:
         names = [m for m in names if m in modalities]
-    ctx = ReadContext(site_dir, cohort, c)
+    ctx = ReadContext(site_dir, cohort, c, split_column=desc.split_column)
     notes = ctx.notes
     for extra in sorted(set(desc.modalities) - set(names)):
         if cfg is not None and modalities is None:
@@ -105,6 +105,9 @@ def scan_site(path: str | Path, cfg: Config | None = None, *, modalities: list[s
             scan.data[name] = read_ehr_stays(ctx, md)
         elif md.type == "ehr-long":
             scan.data[name] = read_ehr_long(ctx, md)
+        elif md.type == "ehr-meds":
+            from .meds import read_ehr_meds
+            scan.data[name] = read_ehr_meds(ctx, md)
         elif md.type == "tabular":
             scan.data[name] = read_tabular(ctx, md)
         elif md.type == "image":
@@ -134,6 +137,10 @@ def _absent(name: str, cfg: Config, stats: dict | None, n: int) -> ModalityData:
     """All-missing data for a configured modality the site does not have (same shape as at other sites)."""
     kind = NAME_KIND.get(name)
     feats = (stats or {}).get("features", {}).get(name)
+    if name in (stats or {}).get("vocab", {}):  # the federation reads this modality as MEDS events
+        from .events import EVENT_FEATURES
+        shape = (int(cfg.ehr_max_events), EVENT_FEATURES)
+        return ModalityData(name, KIND_EVENTS, shape, *empty(n, shape))
     if kind == KIND_SEQUENCE:
         shape = (num_steps(cfg), S.FEATURES_PER_STEP)
     elif kind == KIND_IMAGE:

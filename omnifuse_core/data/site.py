@@ -46,6 +46,7 @@ def load_site(path: str | Path, cfg: Config, *, stats: dict | None = None,
         log.warning("site %s: skipped %s entries: %s", site_dir.name, key, counts)
     stats = stats if stats is not None else stats_from_scan(scan, cfg)
     _standardize(scan, stats)
+    _encode_events(scan, stats, cfg)
     text_mods = [d for d in scan.data.values() if d.texts is not None]
     if text_mods:
         embedder = TextEmbedder(cfg.text_model_path, cfg.text_max_length, _text_device(cfg),
@@ -133,6 +134,24 @@ def _standardize(scan: SiteScan, stats: dict) -> None:
         x = (d.values[..., cols].astype(np.float64) - mean) / std
         d.values[..., cols] = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
         d.values[~d.present] = 0
+
+
+def _encode_events(scan: SiteScan, stats: dict, cfg: Config) -> None:
+    """MEDS event modalities -> ``[N, L, 4]`` with the (federated) vocabulary; out-of-vocabulary events counted."""
+    from .events import encode_events
+
+    for name, d in scan.data.items():
+        if d.events is None:
+            continue
+        vocab = stats.get("vocab", {}).get(name)
+        if vocab is None:
+            log.warning("no code vocabulary for modality '%s' in the statistics; every event gets the unknown token",
+                        name)
+            vocab = {}
+        note = encode_events(d, vocab, int(cfg.ehr_vocab_size))
+        if note:
+            log.info("site %s: %s", scan.desc.name, note)
+            scan.report.summary.setdefault("notes", []).append(note)
 
 
 def _task(scan: SiteScan, cfg: Config, stats: dict) -> TaskSpec:

@@ -10,7 +10,13 @@ Format (JSON-serializable)::
 
     {"format": "omnifuse-stats/1", "sites": 1, "n_train": 420,
      "features": {"ehr": {"names": [...], "sum": [...], "sumsq": [...], "count": [...]}, "genomics": {...}},
-     "survival": {"hist": [...]}}          # len(SURVIVAL_GRID) + 1 counts (under/overflow at the ends)
+     "survival": {"hist": [...]},          # len(SURVIVAL_GRID) + 1 counts (under/overflow at the ends)
+     "vocab": {"ehr": {"codes": [...], "patients": [...], "sum": [...], "sumsq": [...], "count": [...],
+                       "k": 10, "sites": 1, "suppressed": 3}}}   # ehr-meds only (omnifuse_core.data.events)
+
+``vocab`` is the federated code vocabulary of MEDS event modalities: per code held by at least ``k`` training
+patients at the site, that patient count and the sums of its numeric values (small-cell suppression: rarer codes
+never leave the site).
 """
 from __future__ import annotations
 
@@ -71,6 +77,10 @@ def stats_from_scan(scan, cfg: Config) -> dict:
         x0 = np.where(finite, x, 0.0)
         out["features"][name] = {"names": list(d.feature_names), "sum": x0.sum(0).tolist(),
                                  "sumsq": (x0 ** 2).sum(0).tolist(), "count": finite.sum(0).astype(int).tolist()}
+    for name, d in scan.data.items():
+        if d.events is not None:
+            from .events import site_vocab
+            out.setdefault("vocab", {})[name] = site_vocab(d.events, int(cfg.ehr_vocab_min_patients))
     if cfg.task == "survival" and "survival" in scan.cohort.labels:
         y = scan.cohort.labels["survival"][train]
         times = y[(y[:, 1] == 1) & np.isfinite(y[:, 0]), 0]
@@ -82,7 +92,7 @@ def stats_from_scan(scan, cfg: Config) -> dict:
 GENE_POLICIES = ("union", "intersection")
 
 
-def combine_stats(parts: list[dict], *, gene_policy: str = "union") -> dict:
+def combine_stats(parts: list[dict], *, gene_policy: str = "union", vocab_size: int | None = None) -> dict:
     """Server side: add the sites' aggregates, features aligned by name.
 
     Args:
@@ -90,6 +100,8 @@ def combine_stats(parts: list[dict], *, gene_policy: str = "union") -> dict:
         gene_policy: when the sites' feature names differ, the shared list is their sorted ``union`` (a site lacking
             a name has it missing) or their sorted ``intersection`` (names some site lacks are dropped everywhere).
             Config key ``genomics-gene-policy``; a pinned ``genomics-genes`` list overrides both at the sites.
+        vocab_size: MEDS code vocabularies keep the top this many codes by patients (config ``ehr-vocab-size``;
+            None = all; the sites cut to ``ehr-vocab-size`` again when they load).
     """
     if gene_policy not in GENE_POLICIES:
         raise ValueError(f"genomics-gene-policy {gene_policy!r} unknown; use one of {', '.join(GENE_POLICIES)}")
@@ -116,6 +128,10 @@ def combine_stats(parts: list[dict], *, gene_policy: str = "union") -> dict:
                 np.add.at(acc[k], idx, np.asarray(e[k], dtype=np.float64)[keep])
         out["features"][name] = {"names": list(names), "sum": acc["sum"].tolist(), "sumsq": acc["sumsq"].tolist(),
                                  "count": acc["count"].astype(int).tolist()}
+    for name in sorted({m for p in parts for m in p.get("vocab", {})}):
+        from .events import combine_vocab
+        out.setdefault("vocab", {})[name] = combine_vocab([p["vocab"][name] for p in parts if name in
+                                                           p.get("vocab", {})], vocab_size)
     hists = [np.asarray(p["survival"]["hist"]) for p in parts if "survival" in p]
     if hists:
         out["survival"] = {"hist": np.sum(hists, axis=0).astype(int).tolist()}
