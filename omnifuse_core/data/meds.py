@@ -106,15 +106,20 @@ class _Stream:
         cols = [c for c in ("subject_id", "time", "code", "numeric_value") if c in pq.ParquetFile(shard).schema_arrow.names]
         prev = (None, _NULL)  # (subject, time) of the previous row in this shard
         offset = 0
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=BATCH_ROWS, columns=cols):
-            try:
-                table = DataSchema.align(pa.Table.from_batches([batch]))
-            except (TableValidationError, ValueError) as exc:
-                self.ctx.problem(self.desc.name, None, rel, None, None, f"{' '.join(str(exc).split())}; MEDS needs "
-                                 "subject_id and code on every row", "bad_schema")
-                return
-            prev = self._batch(table, rel, offset, prev)
-            offset += table.num_rows
+        try:
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=BATCH_ROWS, columns=cols):
+                try:
+                    table = DataSchema.align(pa.Table.from_batches([batch]))
+                except (TableValidationError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    self.ctx.problem(self.desc.name, None, rel, offset + 1, None, f"{' '.join(str(exc).split())}; "
+                                     "MEDS needs subject_id and code on every row, and values of the MEDS types",
+                                     "bad_schema")
+                    return
+                prev = self._batch(table, rel, offset, prev)
+                offset += table.num_rows
+        except OSError as exc:  # a corrupt page: the rows before it are kept, the rest of the shard is not
+            self.ctx.problem(self.desc.name, None, rel, offset + 1, None, f"cannot read the shard from this row on "
+                             f"({' '.join(str(exc).split())}); re-export it", "unreadable")
 
     def _batch(self, table, rel: str, offset: int, prev: tuple) -> tuple:
         import pyarrow.compute as pc
@@ -138,12 +143,12 @@ class _Stream:
         if prev[0] is None:
             same[0] = False
         for k in np.flatnonzero(same & (t < prev_t) & (row >= 0)):
-            self._bad(int(row[k]), rel, offset + k + 1, f"events of subject {subj[k]} are not sorted by time (this "
+            self._bad(int(row[k]), rel, int(offset + k + 1), f"events of subject {subj[k]} are not sorted by time (this "
                       "row is earlier than the one before); MEDS shards must be sorted by subject_id, then time")
         for k in np.flatnonzero(~same & (row >= 0)):
             r = int(row[k])
             if self.started[r]:
-                self._bad(r, rel, offset + k + 1, f"rows of subject {subj[k]} are not contiguous (or the subject is "
+                self._bad(r, rel, int(offset + k + 1), f"rows of subject {subj[k]} are not contiguous (or the subject is "
                           "in two shards); MEDS keeps each subject's rows together in one shard")
             self.started[r] = True
         ok = row >= 0

@@ -50,27 +50,45 @@ class MedsInputs:
 
 
 def check_schema(schema_cls, arrow_schema, ctx: ReadContext, name: str, rel: str) -> bool:
-    """Check a parquet file's schema against a ``meds`` schema; True when usable (exactly or after a safe cast)."""
+    """Check a parquet file's schema against a ``meds`` schema; True when usable (exactly or after a safe cast:
+    same type family, e.g. float64 -> float32, int32 -> int64, timestamp[ns] -> timestamp[us])."""
     from flexible_schema import SchemaValidationError
 
     try:
         schema_cls.validate(arrow_schema)
         return True
     except SchemaValidationError as strict:
-        try:
-            schema_cls.align(arrow_schema.empty_table())
-        except (SchemaValidationError, ValueError, TypeError) as exc:
-            ctx.problem(name, None, rel, None, None, f"not a MEDS {schema_cls.__name__} file: {_one_line(exc)}; "
-                        "re-export it with the MEDS types (meds-etl / MEDS-Transforms write them)", "bad_schema")
+        want = schema_cls.schema()
+        wrong = [f"{f.name} (want {want.field(f.name).type}, got {f.type})" for f in arrow_schema
+                 if f.name in want.names and not _same_family(want.field(f.name).type, f.type)]
+        missing = [c for c in schema_cls.required_columns() if c not in arrow_schema.names]
+        if wrong or missing:
+            what = "; ".join(filter(None, [f"columns with incorrect types: {', '.join(wrong)}" if wrong else "",
+                                           f"missing required columns: {', '.join(missing)}" if missing else ""]))
+            ctx.problem(name, None, rel, None, ", ".join([w.split(" ")[0] for w in wrong] + missing) or None,
+                        f"not a MEDS {schema_cls.__name__} file: {what}; re-export it with the MEDS types "
+                        "(meds-etl / MEDS-Transforms write them)", "bad_schema")
             return False
         ctx.notes.append(f"{name}: {rel}: {_one_line(strict)}; cast without changing data")
         return True
 
 
+def _same_family(want, got) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(got):
+        got = got.value_type
+    families = (pa.types.is_integer, pa.types.is_timestamp, pa.types.is_boolean, pa.types.is_list,
+                lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))
+    if pa.types.is_floating(want):
+        return pa.types.is_floating(got) or pa.types.is_integer(got) or pa.types.is_null(got)
+    return pa.types.is_null(got) or any(f(want) and f(got) for f in families)
+
+
 def meds_inputs(ctx: ReadContext, desc: ModalityDesc) -> MedsInputs | None:
     """Locate and check the MEDS root of an ``ehr-meds`` modality; None when it cannot be used at all."""
     import pyarrow.parquet as pq
-    from meds import CodeMetadataSchema, DataSchema, DatasetMetadataSchema
+    from meds import DataSchema, DatasetMetadataSchema
 
     name, n = desc.name, len(ctx.cohort)
     root_ref = str(desc.options.get("root", "meds"))
@@ -108,14 +126,25 @@ def meds_inputs(ctx: ReadContext, desc: ModalityDesc) -> MedsInputs | None:
     else:
         ctx.notes.append(f"{name}: no metadata/dataset.json in the MEDS root (optional; meds-etl writes it)")
     codes = root / "metadata" / "codes.parquet"
+    _subjects(ctx, desc, out)
+    for step, path in ((_codes, codes), (_prediction_times, None), (_splits, None)):
+        try:
+            step(ctx, desc, out) if path is None else step(ctx, desc, out, path)
+        except (OSError, ValueError) as exc:  # a corrupt metadata or label Parquet file (ArrowInvalid: ValueError)
+            where = getattr(exc, "meds_file", None) or (ctx.rel(path) if path else "meds metadata")
+            ctx.problem(name, None, where, None, None, f"cannot read as Parquet ({_one_line(exc)}); re-export it",
+                        "unreadable")
+    return out
+
+
+def _codes(ctx: ReadContext, desc: ModalityDesc, out: MedsInputs, codes: Path) -> None:
+    import pyarrow.parquet as pq
+    from meds import CodeMetadataSchema
+
     if codes.is_file():
         ctx.files.add(codes)
-        if check_schema(CodeMetadataSchema, pq.ParquetFile(codes).schema_arrow, ctx, name, ctx.rel(codes)):
+        if check_schema(CodeMetadataSchema, pq.ParquetFile(codes).schema_arrow, ctx, desc.name, ctx.rel(codes)):
             out.codes_metadata = set(pq.read_table(codes, columns=["code"]).column("code").to_pylist())
-    _subjects(ctx, desc, out)
-    _prediction_times(ctx, desc, out)
-    _splits(ctx, desc, out)
-    return out
 
 
 def _subjects(ctx: ReadContext, desc: ModalityDesc, out: MedsInputs) -> None:
@@ -170,9 +199,13 @@ def _prediction_times(ctx: ReadContext, desc: ModalityDesc, out: MedsInputs) -> 
     for f in files:
         rel = ctx.rel(f)
         ctx.files.add(f)
-        if not check_schema(LabelSchema, pq.ParquetFile(f).schema_arrow, ctx, name, rel):
-            continue
-        table = LabelSchema.align(pq.read_table(f, columns=["subject_id", "prediction_time"]))
+        try:
+            if not check_schema(LabelSchema, pq.ParquetFile(f).schema_arrow, ctx, name, rel):
+                continue
+            table = LabelSchema.align(pq.read_table(f, columns=["subject_id", "prediction_time"]))
+        except (OSError, ValueError) as exc:
+            exc.meds_file = rel
+            raise
         subj = table.column("subject_id").to_numpy()
         pt = table.column("prediction_time").cast("int64").to_numpy()
         for r, (s, t) in enumerate(zip(subj.tolist(), pt.tolist()), start=1):
@@ -204,9 +237,13 @@ def _splits(ctx: ReadContext, desc: ModalityDesc, out: MedsInputs) -> None:
         return
     rel, name = ctx.rel(path), desc.name
     ctx.files.add(path)
-    if not check_schema(SubjectSplitSchema, pq.ParquetFile(path).schema_arrow, ctx, name, rel):
-        return
-    table = SubjectSplitSchema.align(pq.read_table(path))
+    try:
+        if not check_schema(SubjectSplitSchema, pq.ParquetFile(path).schema_arrow, ctx, name, rel):
+            return
+        table = SubjectSplitSchema.align(pq.read_table(path))
+    except (OSError, ValueError) as exc:
+        exc.meds_file = rel
+        raise
     row_of = {int(s): i for i, s in enumerate(out.subject) if s >= 0}
     cohort = ctx.cohort
     from_meds = not (ctx.split_column and ctx.split_column in cohort.table.columns)

@@ -29,7 +29,10 @@ SCOPE = {
     "protected": ["every model update sent by the site during the run", "all checkpoints and the final model "
                   "(post-processing of the protected updates)", "the TLA laziest-combination selections"],
     "not_protected": ["training and evaluation metrics sent to the server", "example and per-modality counts",
-                      "preprocessing statistics (standardization sums/counts)", "hyper-parameter tuning runs",
+                      "preprocessing statistics (standardization sums/counts)",
+                      "the MEDS code vocabulary (ehr-meds: code names held by at least k training patients, their "
+                      "patient counts and per-code value sums; rarer codes never leave the site)",
+                      "hyper-parameter tuning runs",
                       "the fact that the site participates"],
 }
 UNIT = "one patient record at one site (example-level DP for that site's dataset)"
@@ -159,7 +162,7 @@ def plain_statement(r: dict) -> str:
     text += f"Counting every run recorded in this site's ledger for this dataset, the total is epsilon = {life:.2f}"
     if r.get("max_epsilon") is not None and r.get("remaining_budget") is not None:
         text += f" of the site's own cap {r['max_epsilon']:g} ({r['remaining_budget']:.2f} left)"
-    text += (". Not covered: metrics, example counts, preprocessing statistics and tuning runs. Smaller epsilon "
+    text += (". Not covered: metrics, example counts, preprocessing statistics, the MEDS code vocabulary and tuning runs. Smaller epsilon "
              "means stronger protection; values above about 10 give only weak formal protection.")
     return text
 
