@@ -84,16 +84,11 @@ def resolve_node_site(node_config: Mapping[str, Any], cfg: Config) -> NodeSite:
 
 
 def _synthetic_site(pid: int, n: int) -> Path:
-    """A simulation node without ``data-root``: its own small synthetic site (the ``smoke`` preset, seed 0, ``n``
-    sites, this node's one), generated once under ``~/.omnifuse/synthetic`` and reused; deterministic from the
-    partition id, and nothing leaves the node."""
-    from sim.generator import generate_federation
+    """A simulation node without ``data-root``: its own small synthetic site, from the data layer
+    (``omnifuse_core.data.provision``)."""
+    from omnifuse_core.data.provision import synthetic_federation
 
-    folder = Path.home().resolve() / ".omnifuse" / "synthetic" / f"smoke-{n}-seed0-node{pid}"
-    if not (folder / "federation.yaml").is_file():
-        log.info("no data-root in the run config: node %d of %d builds its synthetic site in %s", pid, n, folder)
-        generate_federation("smoke", n, folder, seed=0, overwrite=True)
-    return _partition_site(pid, str(folder))
+    return _partition_site(pid, str(synthetic_federation(pid, n)))
 
 
 def _partition_site(pid: int, data_root: str) -> Path:
