@@ -70,6 +70,7 @@ class Config:
     dp_compatible: bool = False  # build DP-compatible layers (DPGRU/DPLSTM, GroupNorm) even without DP
     head_hidden: int = 64
     joint_head: str = "bilinear"  # bilinear (MLP + low-rank products of modality pairs) | mlp (concat and omnifuse)
+    joint_input: str = "latents"  # omnifuse's g_rp reads: latents (the CRA latents, the paper) | latents+embeddings
     interaction_rank: int = 2  # width of each modality pair's product (joint-head: bilinear)
     unimodal_loss: float = 0.0  # concat: weight of the auxiliary per-modality heads' loss (patients with the modality)
     dwfuse_floor: float = 0.0  # omnifuse: κ in ω' = κ + (1 − κ)·ω, so a weak modality's head keeps learning
@@ -169,6 +170,7 @@ class Config:
             "threshold_rule": ("youden", "max-f1", "fixed"),
             "tracking": TRACKER_NAMES,
             "joint_head": ("mlp", "bilinear"),
+            "joint_input": ("latents", "latents+embeddings"),
             "ehr_event_encoder": ("bag_of_codes", "event_gru"),
         }
         for key, allowed in choices.items():

@@ -69,10 +69,12 @@ def test_joint_head_rejects_unknown_kind_and_config_validates_it():
         Config(joint_head="attention").validate()
 
 
-@pytest.mark.parametrize("fusion", ["concat", "omnifuse"])
-def test_missing_modality_raw_input_never_reaches_the_bilinear_prediction(fusion):
+@pytest.mark.parametrize("fusion,joint_input", [("concat", "latents"), ("omnifuse", "latents"),
+                                                ("omnifuse", "latents+embeddings")])
+def test_missing_modality_raw_input_never_reaches_the_bilinear_prediction(fusion, joint_input):
     torch.manual_seed(0)
-    model = build_model(TOY_SPECS, toy_task(), Config(**TINY, fusion=fusion, joint_head="bilinear")).eval()
+    cfg = Config(**TINY, fusion=fusion, joint_head="bilinear", joint_input=joint_input)
+    model = build_model(TOY_SPECS, toy_task(), cfg).eval()
     ds = make_toy_dataset(8, seed=3)
     batch = ds.full_batch()
     present = batch["present"].clone()
@@ -144,3 +146,23 @@ def test_genomics_input_dropout_drops_genes_in_training_only_and_keeps_e0():
     torch.testing.assert_close(enc(zero), enc.eval()(zero))  # e(0) does not depend on the mask
     with pytest.raises(ConfigError, match="genomics-input-dropout"):
         Config(genomics_input_dropout=1.0).validate()
+
+
+def test_joint_input_latents_plus_embeddings_widens_g_rp_and_trains():
+    """joint-input: latents+embeddings hands g_rp the completed embeddings beside the CRA latents (both views)."""
+    torch.manual_seed(0)
+    base = build_model(TOY_SPECS, toy_task(), Config(**TINY, fusion="omnifuse"))
+    wide = build_model(TOY_SPECS, toy_task(), Config(**TINY, fusion="omnifuse", joint_input="latents+embeddings"))
+    m, d = len(TOY_SPECS), TINY["embed_dim"]
+    assert wide.joint_head.mlp[0].in_features == base.joint_head.mlp[0].in_features + m * d
+    batch = make_toy_dataset(16, seed=1).full_batch()
+    loss, _ = wide.training_loss(batch)
+    loss.backward()
+    grad = wide.joint_head.mlp[0].weight.grad
+    assert grad is not None and grad[:, -m * d:].abs().sum() > 0  # the embedding columns are trained
+    wide.eval()
+    with torch.no_grad():
+        p = wide.predict_all(batch["inputs"], batch["present"])
+    assert set(p) >= {"joint", "heads", "both"} and torch.isfinite(p["joint"]).all()
+    with pytest.raises(ConfigError, match="joint-input"):
+        Config(joint_input="embeddings").validate()

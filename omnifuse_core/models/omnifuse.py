@@ -53,6 +53,9 @@ class OmniFuse(FusionModel):
         out = self.task_spec.num_outputs
         self.heads = ModalityHeads(self.num_modalities, cfg.embed_dim, cfg.head_hidden, out)
         joint_dim = self.forward_cra.latent_dim if self.forward_cra is not None else dim
+        # joint-input: latents+embeddings also hands g_rp the completed embeddings beside the CRA latents
+        self.joint_with_embeddings = self.forward_cra is not None and cfg.joint_input == "latents+embeddings"
+        joint_dim += dim if self.joint_with_embeddings else 0
         # g_rp on the joint embedding, plus low-rank products of the completed embeddings' pairs
         # (joint-head: bilinear, omnifuse_core.interaction): the term an additive fusion cannot form
         self.joint_head = JointHead(base_dim=joint_dim, num_modalities=self.num_modalities, dim=cfg.embed_dim,
@@ -118,6 +121,13 @@ class OmniFuse(FusionModel):
         n_hide = (torch.rand(present.shape[0], device=present.device) * (n_present - 1).clamp_min(0)).floor() + 1
         return present & eligible[:, None] & (ranks < n_hide[:, None])
 
+    def _joint_logits(self, joint: torch.Tensor, completed: torch.Tensor) -> torch.Tensor:
+        """g_rp on the joint embedding (``[..., K·64]``; with ``joint-input: latents+embeddings`` also the completed
+        embeddings ``[..., M, d]`` flattened) plus the pairwise products of ``completed``."""
+        if self.joint_with_embeddings:
+            joint = torch.cat([joint, completed.flatten(-2)], dim=-1)
+        return self.joint_head(joint, completed)
+
     # --- label-free prediction -----------------------------------------------------------------------------
     def _eval_parts(self, inputs, present):
         v = self.encode(inputs, present)  # missing slots already hold e_m(0)
@@ -126,12 +136,12 @@ class OmniFuse(FusionModel):
 
     def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         completed, joint = self._eval_parts(inputs, present)
-        return self.joint_head(joint, completed)
+        return self._joint_logits(joint, completed)
 
     def predict_all(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
         """Probabilities under each prediction mode, plus each modality head's own probability (``head:<m>``)."""
         completed, joint = self._eval_parts(inputs, present)
-        p_joint = self.task.to_prob(self.joint_head(joint, completed))
+        p_joint = self.task.to_prob(self._joint_logits(joint, completed))
         head_logits = self.heads(completed)
         per_head = [self.task.to_prob(head_logits[:, m]) for m in range(self.num_modalities)]
         p_heads = torch.stack(per_head, dim=0).mean(dim=0)
@@ -164,7 +174,7 @@ class OmniFuse(FusionModel):
             masks.append(present & combo_mask(self.lazy_combo, self.num_modalities, present.device))
         v_in, v_fwd, completed, joint = self.complete(v_true, v_miss, torch.stack(masks, 1),
                                                       need_output=self.backward_cra is not None)
-        joint_logits = self.joint_head(joint, completed)  # [B, P, K]
+        joint_logits = self._joint_logits(joint, completed)  # [B, P, K]
         zero = v_true.new_zeros(b)
         parts: dict[str, torch.Tensor] = {}
         if self.impute:
@@ -226,7 +236,7 @@ class OmniFuse(FusionModel):
             def distance(combo: tuple[int, ...]) -> torch.Tensor:
                 avail = present & combo_mask(combo, self.num_modalities, present.device)
                 _, _, completed, joint = self.complete(v_true, v_miss, avail, need_output=False)
-                logits = self.joint_head(joint, completed)
+                logits = self._joint_logits(joint, completed)
                 if noisy_select is not None:
                     return (1.0 - self.task.p_true(logits, y).mean(dim=1)).clamp(0.0, 1.0)
                 return self.task.loss(logits, y)
