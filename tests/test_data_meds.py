@@ -175,3 +175,25 @@ def test_event_encoders_shape_and_missing_input(name):
     assert out.shape == (3, 8)
     assert torch.allclose(out[1], out[2])  # missing EHR (all padding): one constant embedding
     assert not torch.allclose(out[0], out[1])
+
+
+def test_prediction_time_from_a_cohort_column_and_patients_without_ehr(site):
+    import pandas as pd
+    import yaml
+
+    labels = _labels(site)
+    cohort = pd.read_csv(site / "cohort.csv", dtype=str, keep_default_na=False)
+    cohort["prediction_time"] = [labels[int(s)]["prediction_time"].isoformat() if s else "" for s in cohort["ehr"]]
+    cohort.loc[:4, "ehr"] = ""  # five patients without EHR
+    cohort.to_csv(site / "cohort.csv", index=False)
+    desc = yaml.safe_load((site / "site.yaml").read_text())
+    desc["modalities"]["ehr"] = {"type": "ehr-meds", "root": "meds", "prediction-time-column": "prediction_time"}
+    (site / "site.yaml").write_text(yaml.safe_dump(desc))
+    report = validate_site(site, _cfg())
+    assert report.ok, report.format()
+    assert report.summary["availability"]["ehr"] == len(cohort) - 5
+    loaded = load_site(site, _cfg(ehr_vocab_min_patients=1))
+    for split in loaded.splits.values():
+        missing = ~split.present[:, 0]
+        assert (split.inputs["ehr"][missing] == 0).all()
+    assert sum(int((~s.present[:, 0]).sum()) for s in loaded.splits.values()) == 5
