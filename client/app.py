@@ -20,6 +20,7 @@ from omnifuse_core import weights_wire as wire
 from omnifuse_core.config import Config
 
 from . import site_runtime as rt
+from .secure import secure_train_mod
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -118,7 +119,7 @@ def query_describe(msg: Message, context: Context) -> Message:
     return Message(RecordDict({P.INFO: ConfigRecord(rt.describe(site))}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[secure_train_mod])  # Flower SecAgg+ when the server runs it (client/secure.py)
 @_guard
 def train(msg: Message, context: Context) -> Message:
     """Local training from the global weights; replies with trainable weights, counts and local metrics. With

@@ -121,6 +121,11 @@ class Config:
     server_lr: float = 0.01
     trim_fraction: float = 0.2
     max_update_norm: float = 1e4
+    secure_aggregation: bool = False  # Flower SecAgg+: the server sees only the sum of the site updates (docs/privacy.md)
+    secagg_num_shares: float = 1.0  # SecAgg+ key shares per site: a fraction (<= 1) of the round's sites or a count >= 3
+    secagg_reconstruction_threshold: float = 0.67  # shares to unmask: a fraction (<= 1) of the shares or a count >= 2
+    secagg_clipping_range: float = 8.0  # SecAgg+ clips each uploaded (count-weighted update) entry to +-this
+    secagg_quantization_range: int = 16777216  # 2**24 integer levels over [-clip, clip] (step 2*clip/range)
     threshold_rule: str = "youden"  # binary decisions (F1, sensitivity, ...): youden | max-f1 | fixed, chosen on validation
     threshold: float = 0.5  # the decision threshold with threshold-rule: fixed (and where validation cannot choose one)
     score_bins: int = 1000  # binary test: score bins a site counts its patients in, for the pooled AUROC (final.pooled_binned)
@@ -213,6 +218,14 @@ class Config:
         if self.dp and self.task == "survival" and self.survival_loss == "cox":
             raise ConfigError("survival-loss: cox couples the patients of a batch (risk sets), so DP-SGD's per-sample "
                               "clipping would not bound one patient's influence; use survival-loss: nll with dp: true")
+        if self.secure_aggregation:
+            from .secure_sum import secure_config_problem
+
+            problem = secure_config_problem(self.strategy, self.central_dp, self.secagg_num_shares,
+                                            self.secagg_reconstruction_threshold, self.secagg_clipping_range,
+                                            self.secagg_quantization_range)
+            if problem:
+                raise ConfigError(f"secure-aggregation: {problem}")
         if self.dp and not (0 < self.delta < 1):
             raise ConfigError(f"config key 'delta' must lie in (0, 1), got {self.delta}")
         return self

@@ -35,6 +35,7 @@ SPLIT = "split"  # evaluate: "val" or "test"
 EVAL_SPLIT = "eval-split"  # train (fused evaluation): evaluate the received model on this split before training
 THRESHOLD = "decision-threshold"  # evaluate (test): the binary decision threshold the server chose on validation
 PREDICTION_MODE = "prediction-mode"  # evaluate: joint | heads | both, chosen by the server on validation
+SECURE_LAYOUT_JSON = "secure-layout-json"  # train (secure-aggregation): omnifuse_core.secure_sum.SumLayout as JSON
 
 # --- info keys (client -> server, strings) ---------------------------------------------------------------------
 SITE = "site"
@@ -48,6 +49,7 @@ HIST_NEG = "hist.neg"  # ... and negatives per score bin
 CONC_NUM = "conc.num"  # evaluate reply (test, survival): concordant pairs [estimate, bootstrap replicates...]
 CONC_DEN = "conc.den"  # ... and comparable pairs
 POOLED_KEYS = (HIST_POS, HIST_NEG, CONC_NUM, CONC_DEN)  # list-valued counts, never per-site metrics
+SECURE_REASON = "secure-reason"  # secure train reply: why the site withheld its update (it uploaded zeros)
 DECLARED_JSON = "declared-json"  # stats reply: the modality names the site's site.yaml declares (names only)
 
 # --- metric key prefixes (client -> server, numbers) -----------------------------------------------------------
@@ -57,6 +59,7 @@ COUNT_PREFIX = "count."  # count.<modality>, count.any, count.n : training sampl
 TRAIN_PREFIX = "train."  # local training metrics (loss parts)
 PRIVACY_PREFIX = "privacy."  # privacy.epsilon, privacy.delta, ... (added by the privacy layer)
 STEPS = "steps"
+SECURE_WITHHELD = "secure.withheld"  # secure train reply: 1 when the site uploaded zeros (reason in SECURE_REASON)
 COUNT_ANY = "any"
 COUNT_N = "n"
 

@@ -21,5 +21,5 @@ def main(grid: Grid, context: Context) -> None:
     # Flower's own logger: `flwr run --stream` shows these lines to the user
     flwr_log(logging.INFO, "OmniFuse run folder: %s (config digest %s, %d rounds, strategy %s)", cfg.run_dir,
              cfg.digest(), cfg.rounds, cfg.strategy)
-    run_federation(grid, cfg, resume=resume)
+    run_federation(grid, cfg, resume=resume, run_id=context.run_id)
     flwr_log(logging.INFO, "OmniFuse run finished: %s (metrics.json, checkpoints/, logs/, privacy/)", cfg.run_dir)

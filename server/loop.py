@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 3600.0
 
 
-def run_federation(grid: Grid, cfg: Config, *, resume: bool = False) -> RunRecorder:
+def run_federation(grid: Grid, cfg: Config, *, resume: bool = False, run_id: int = 0) -> RunRecorder:
     """Run (or continue) a federated training run and write its run directory.
 
     Args:
@@ -43,13 +43,13 @@ def run_federation(grid: Grid, cfg: Config, *, resume: bool = False) -> RunRecor
     rec = RunRecorder(cfg, resume=resume)
     rec.attach_log()
     try:
-        _run(grid, cfg, rec, resume)
+        _run(grid, cfg, rec, resume, run_id)
     finally:
         rec.close()
     return rec
 
 
-def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
+def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool, run_id: int) -> None:
     t0 = time.monotonic()
     if cfg.strategy == "fedprox" and cfg.proximal_mu <= 0:
         log.warning("strategy fedprox with proximal-mu = 0 is plain FedAvg; set proximal-mu > 0")
@@ -113,15 +113,27 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
         _evaluate(grid, strategy, pending[0], pending[1], base, "val", mode)
         validated(*pending, strategy.eval_sites, strategy.eval_hists, strategy.eval_timing)
         pending = None
+    layout = None
+    if cfg.secure_aggregation:
+        from . import secure
+        from omnifuse_core.secure_sum import SumLayout
+
+        # count scale: the largest site's training set (every site already sent its size in the stats query)
+        layout = SumLayout.build(shapes, groups, cfg.modality_list, cfg.strategy, fed.max_train)
+        log.info("secure aggregation (SecAgg+): %d values per site upload, count scale %g", layout.size,
+                 layout.scale)
     stop = False
     for rnd in range(start, cfg.rounds + 1):
         t_round = time.monotonic()
         train_cfg = {**base, **({P.EVAL_SPLIT: "val", P.PREDICTION_MODE: mode or ""} if pending else {})}
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(train_cfg), grid))
-        if privacy.central is not None:
-            privacy.central.begin_round(len(messages))
-        replies = send_and_receive(grid, messages, timeout=cfg.round_timeout, poll=cfg.poll_interval)
-        new_arrays, _ = strategy.aggregate_train(rnd, replies)
+        if layout is not None:  # SecAgg+: the server receives only the sum (server/secure.py)
+            new_arrays = secure.train_round(grid, strategy, rnd, arrays, ConfigRecord(train_cfg), layout, run_id)
+        else:
+            messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(train_cfg), grid))
+            if privacy.central is not None:
+                privacy.central.begin_round(len(messages))
+            replies = send_and_receive(grid, messages, timeout=cfg.round_timeout, poll=cfg.poll_interval)
+            new_arrays, _ = strategy.aggregate_train(rnd, replies)
         if new_arrays is None:
             log.error("round %d: no valid site update; the global model is unchanged", rnd)
         else:
@@ -136,6 +148,7 @@ def _run(grid: Grid, cfg: Config, rec: RunRecorder, resume: bool) -> None:
                           "steps": m.get(P.STEPS), "trace": json.loads(strategy.train_info[s].get(P.TRACE_JSON, "{}"))}
                       for s, m in strategy.train_sites.items()},
             "rejected": dict(strategy.rejected), "missing": dict(strategy.missing),
+            **({"secure_sum": dict(strategy.secure)} if layout is not None else {}),
             **privacy.collect(strategy.train_info, strategy.rejected), "seconds": 0.0,
             "timing": {s: {"train": P.unprefixed(P.TIME_PREFIX, m)} for s, m in strategy.train_sites.items()}})
         _write_privacy(rec, privacy)

@@ -35,6 +35,7 @@ class Federation:
     specs_json: str
     task_json: str
     node_sites: dict[int, str]
+    max_train: int = 0  # the largest site's training patients (stats query): secure aggregation's count scale
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -100,7 +101,7 @@ def exchange(grid: Grid, cfg: Config, base: dict, timeout: float) -> Federation:
                         node_sites[n], info[P.TASK_JSON], node_sites[nodes[0]], first[P.TASK_JSON])
     log.info("setup: sites %s", sorted(node_sites.values()))
     return Federation(stats=stats, specs_json=first[P.SPECS_JSON], task_json=first[P.TASK_JSON],
-                      node_sites=node_sites)
+                      node_sites=node_sites, max_train=max(int(s.get("n_train", 0) or 0) for s in site_stats))
 
 
 def initial_model(cfg: Config, specs_json: str, task_json: str):

@@ -14,6 +14,8 @@ from omnifuse_core import protocol as P
 from omnifuse_core import weights_wire as wire
 from omnifuse_core.config import Config
 
+from omnifuse_core.secure_sum import SecureSum
+
 from .aggregation import SiteUpdate, build_aggregator
 from .run_dir import weighted_global
 from .validation import ReplyRejected, validate_arrays, validate_counts
@@ -66,6 +68,7 @@ class OmniFuseStrategy(FedAvg):
         self.fused_hists: dict[str, tuple[list[int], list[int]]] = {}
         self.rejected: dict[str, str] = {}
         self.missing: dict[str, str] = {}  # site -> why it contributed no update this round
+        self.secure: dict = {}  # secure round: what the server saw (summed counts, number of contributors)
         self._sampled: list[int] = []
         self._out: list[Message] = []  # messages of the current train or evaluate step
         self._sent_to: dict[str, int] | None = None  # their message id -> destination node
@@ -95,7 +98,7 @@ class OmniFuseStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._sent = to_numpy(arrays)
-        self.train_sites, self.train_info, self.rejected, self.missing = {}, {}, {}, {}
+        self.train_sites, self.train_info, self.rejected, self.missing, self.secure = {}, {}, {}, {}, {}
         self.fused_sites, self.fused_hists = {}, {}
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._out, self._sent_to = messages, None  # the Grid sets their message ids when it sends them
@@ -103,21 +106,53 @@ class OmniFuseStrategy(FedAvg):
         self._connected = set(grid.get_node_ids())
         return messages
 
+    def _take(self, msg: Message, replied: set[int]) -> str | None:
+        """Per-reply bookkeeping shared by plain and secure rounds: the reply's site, or None for an error reply
+        (recorded as rejected). Fused-validation metrics are kept either way."""
+        replied.add(self._node(msg))
+        site = self._site(msg)
+        if msg.has_error():
+            self._reject(site, f"site error: {msg.error.reason}")
+            return None
+        if P.VAL_METRICS in msg.content.metric_records:  # fused evaluation of the model this round sent
+            metrics, hist, _ = _eval_record(msg.content.metric_records[P.VAL_METRICS])
+            self.fused_sites[site] = metrics
+            if hist:
+                self.fused_hists[site] = hist
+        return site
+
+    def _accept(self, site: str, msg: Message, metrics: dict) -> bool:
+        if site in self.train_sites:
+            self._reject(site, "duplicate reply for this site in one round (second one ignored)")
+            return False
+        self.train_sites[site] = metrics
+        self.train_info[site] = dict(msg.content.config_records[P.INFO]) if P.INFO in msg.content.config_records \
+            else {}
+        return True
+
+    def _finish(self, server_round: int, replied: set[int], accepted: int) -> bool:
+        """Log the round's accounting; True when enough sites contributed to aggregate."""
+        self.train_sites = dict(sorted(self.train_sites.items()))
+        self.missing = self._missing_sites(replied)
+        log.info("round %d: aggregating %d site update(s) with '%s'; %d left out", server_round, accepted,
+                 self.cfg.strategy, len(self.rejected))
+        if self.missing:
+            log.warning("round %d: no update from site(s) %s", server_round,
+                        "; ".join(f"'{s}' ({r})" for s, r in self.missing.items()))
+        if accepted < self.cfg.min_train_replies:
+            log.error("round %d: %d valid update(s) < min-train-replies=%d; not aggregating (the global model is "
+                      "kept)", server_round, accepted, self.cfg.min_train_replies)
+            return False
+        return True
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates: list[SiteUpdate] = []
         replied: set[int] = set()
         for msg in replies:
-            replied.add(self._node(msg))
-            site = self._site(msg)
-            if msg.has_error():
-                self._reject(site, f"site error: {msg.error.reason}")
+            site = self._take(msg, replied)
+            if site is None:
                 continue
-            if P.VAL_METRICS in msg.content.metric_records:  # fused evaluation of the model this round sent
-                metrics, hist, _ = _eval_record(msg.content.metric_records[P.VAL_METRICS])
-                self.fused_sites[site] = metrics
-                if hist:
-                    self.fused_hists[site] = hist
             try:
                 if P.ARRAYS not in msg.content.array_records or P.METRICS not in msg.content.metric_records:
                     raise ReplyRejected(site, "reply lacks the 'arrays' or 'metrics' record")
@@ -131,26 +166,41 @@ class OmniFuseStrategy(FedAvg):
             except ReplyRejected as exc:
                 self._reject(site, exc.reason)
                 continue
-            if site in self.train_sites:
-                self._reject(site, "duplicate reply for this site in one round (second one ignored)")
-                continue
-            updates.append(SiteUpdate(site, arrays, counts))
-            self.train_sites[site] = metrics
-            self.train_info[site] = dict(msg.content.config_records[P.INFO]) if P.INFO in msg.content.config_records \
-                else {}
-        self.train_sites = dict(sorted(self.train_sites.items()))
-        self.missing = self._missing_sites(replied)
-        log.info("round %d: aggregating %d site update(s) with '%s'; %d left out", server_round, len(updates),
-                 self.cfg.strategy, len(self.rejected))
-        if self.missing:
-            log.warning("round %d: no update from site(s) %s", server_round,
-                        "; ".join(f"'{s}' ({r})" for s, r in self.missing.items()))
-        if len(updates) < self.cfg.min_train_replies:
-            log.error("round %d: %d valid update(s) < min-train-replies=%d; not aggregating (the global model is "
-                      "kept)", server_round, len(updates), self.cfg.min_train_replies)
+            if self._accept(site, msg, metrics):
+                updates.append(SiteUpdate(site, arrays, counts))
+        if not self._finish(server_round, replied, len(updates)):
             return None, None
         new = self.aggregator.aggregate(self._sent, updates, self.groups)
         return to_record(new), MetricRecord({"sites-accepted": len(updates), "sites-rejected": len(self.rejected)})
+
+    def aggregate_secure(self, server_round: int, replies: Iterable[Message], sent: list[Message],
+                         total: "SecureSum | None") -> ArrayRecord | None:
+        """A SecAgg+ round: per-site bookkeeping from the clear-text records of the collect stage's replies, the
+        model from the unmasked sum ``total`` (None: the workflow stopped; only the bookkeeping is done)."""
+        self._out, self._sent_to = list(sent), None
+        replied: set[int] = set()
+        for msg in replies:
+            site = self._take(msg, replied)
+            if site is None:
+                continue
+            metrics = dict(msg.content.metric_records[P.METRICS]) if P.METRICS in msg.content.metric_records else {}
+            if metrics.get(P.SECURE_WITHHELD):
+                info = msg.content.config_records.get(P.INFO, {})
+                self._reject(site, f"withheld at the site: {info.get(P.SECURE_REASON, 'no reason given')}")
+                continue
+            self._accept(site, msg, metrics)
+        self.secure = {} if total is None else {"contributors": total.contributors, "counts": total.counts}
+        if total is None:
+            self.train_sites = dict(sorted(self.train_sites.items()))
+            self.missing = self._missing_sites(replied)
+            return None
+        if total.contributors != len(self.train_sites):
+            log.warning("round %d: the secure sum counts %d contributing site(s), the clear-text replies %d",
+                        server_round, total.contributors, len(self.train_sites))
+        if not self._finish(server_round, replied, total.contributors):
+            return None
+        summed = SiteUpdate("secure-sum", total.weights, dict(total.counts))
+        return to_record(self.aggregator.aggregate(self._sent, [summed], self.groups))
 
     def _missing_sites(self, replied: set[int]) -> dict[str, str]:
         """Every site of the federation without an accepted update this round, with the reason."""
