@@ -87,7 +87,10 @@ def main() -> None:
         from bench.anchor import anchor_rows
         from bench.runner import load_federation
 
-        runs.update(anchor_rows(lambda ds: load_federation(args, ds), base, data_seeds, seeds))
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(max(1, args.threads or 1)):  # OpenMP spin-waits badly on a busy machine
+            runs.update(anchor_rows(lambda ds: load_federation(args, ds), base, data_seeds, seeds))
         names = [*names, *(n for n in runs if n.startswith("anchor/"))]
     kw = {"reps": args.bootstrap, "seed": args.bootstrap_seed}
     table = {n: {"global": summary(runs[n]), "sites": {s: summary(runs[n], s) for s in site_names},
