@@ -16,6 +16,8 @@ which
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -31,6 +33,7 @@ from omnifuse_core.config import Config
 log = logging.getLogger(__name__)
 
 FITINS_PARAMS, FITINS_CONFIG = "fitins.parameters", "fitins.config"
+AUDIT_ENV = "OMNIFUSE_SECAGG_AUDIT_DIR"  # optional: write this site's unmasked upload there (audits, tests)
 
 
 def secure_train_mod(msg: Message, ctxt: Context, call_next) -> Message:
@@ -78,4 +81,10 @@ def _adapter(msg: Message, ctxt: Context, call_next) -> Message:
         info = records.get(P.INFO, ConfigRecord({}))
         info[P.SECURE_REASON] = reason
         return _legacy_reply(msg, ss.withheld(layout), {**clear, P.SECURE_WITHHELD: 1}, {**records, P.INFO: info})
-    return _legacy_reply(msg, ss.encode(layout, local, global_w, counts), clear, records)
+    vector = ss.encode(layout, local, global_w, counts)
+    if os.environ.get(AUDIT_ENV):  # audits/tests: this site's own upload before masking, on this site's disk
+        folder = Path(os.environ[AUDIT_ENV])
+        folder.mkdir(parents=True, exist_ok=True)
+        site = str(records[P.INFO].get(P.SITE, msg.metadata.dst_node_id)) if P.INFO in records else "site"
+        np.save(folder / f"sent-{site}-r{int(raw.get(P.SERVER_ROUND, 0))}.npy", vector)
+    return _legacy_reply(msg, vector, clear, records)

@@ -31,7 +31,8 @@ import numpy as np
 
 from omnifuse_core.config import Config
 from omnifuse_core.privacy.accounting import cross_check_epsilon, epsilon_from_history
-from omnifuse_core.privacy.report import REPORT_INFO_KEY, federation_summary, load_report_source, write_reports
+from omnifuse_core.privacy.report import (REPORT_INFO_KEY, federation_summary, load_report_source,
+                                         secure_aggregation_entry, write_reports)
 
 from .aggregation import Aggregator, SiteUpdate, Weights
 
@@ -162,5 +163,7 @@ class PrivacyRollup:
             central = central_accounting(self.cfg, releases)
         reports = [self.reports[s] for s in sorted(self.reports)]
         summary = federation_summary(reports, central)
+        summary["secure_aggregation"] = secure_aggregation_entry(self.cfg.secure_aggregation, {
+            k: v for k, v in self.cfg.to_flat().items() if k.startswith("secagg-")})
         write_reports(self.run_dir, reports, summary)
         return summary

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitIns, bytes_to_ndarray, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.compat.legacy_context import LegacyContext
@@ -37,6 +41,7 @@ from .exchange import send_and_receive
 
 log = logging.getLogger(__name__)
 MODULUS = 2 ** 32  # SecAgg+'s modulus_range (its largest allowed value)
+AUDIT_ENV = "OMNIFUSE_SECAGG_AUDIT_DIR"  # optional: where to write what the server received (see _audit)
 
 
 def _shares(value: float) -> int | float:
@@ -145,7 +150,23 @@ def train_round(grid: Grid, strategy, rnd: int, arrays: ArrayRecord, config: Con
             f"{sorted(strategy.missing) or 'see the log'}); the run's last checkpoint is round {rnd - 1}: restart "
             f"the sites and resume with resume=true, or lower secagg-reconstruction-threshold")
     total = decode(layout, shim.sum, shim.k, strategy._sent)
-    return strategy.aggregate_secure(rnd, replies, sent, total)
+    new = strategy.aggregate_secure(rnd, replies, sent, total)
+    if os.environ.get(AUDIT_ENV):
+        _audit(Path(os.environ[AUDIT_ENV]), rnd, replies, strategy, shim.sum)
+    return new
+
+
+def _audit(folder: Path, rnd: int, replies: list[Message], strategy, mean: np.ndarray) -> None:
+    """``OMNIFUSE_SECAGG_AUDIT_DIR``: write what this ServerApp received from each site in the collect stage (the
+    masked integer vector) and the unmasked mean, for audits and the real-process test (docs/privacy.md)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for msg in replies:
+        if msg.has_error() or RECORD_KEY_CONFIGS not in msg.content.config_records:
+            continue
+        masked = msg.content.config_records[RECORD_KEY_CONFIGS].get(SecAggKey.MASKED_PARAMETERS) or []
+        if len(masked) == 2:  # [weight factor, vector]
+            np.save(folder / f"received-{strategy._site(msg)}-r{rnd}.npy", bytes_to_ndarray(masked[1]))
+    np.save(folder / f"mean-r{rnd}.npy", np.asarray(mean))
 
 
 def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:

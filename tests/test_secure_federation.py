@@ -43,3 +43,17 @@ def test_site_checks_withhold_before_masking_and_the_model_is_kept(smoke_federat
     assert set(rnd["rejected"]) == {"hospital_a", "hospital_b", "hospital_c"}
     assert all("withheld at the site: update norm" in r for r in rnd["rejected"].values())
     assert rnd["secure_sum"]["contributors"] == 0
+
+
+def test_dp_with_secure_aggregation_keeps_the_ledger_and_says_what_the_server_saw(smoke_federation, tmp_path):
+    m = _run(smoke_federation, tmp_path / "run", rounds=1, secure_aggregation=True, dp=True, target_epsilon=8.0,
+             dp_preflight="warn")
+    assert m["rounds"][0]["secure_sum"]["contributors"] == 3
+    summary = json.loads((tmp_path / "run" / "privacy" / "summary.json").read_text())
+    assert set(summary["sites"]) == {"hospital_a", "hospital_b", "hospital_c"}
+    assert all(0 < s["epsilon"] <= 8.0 for s in summary["sites"].values())
+    sa = summary["secure_aggregation"]
+    assert sa["enabled"] and any("sum over the round's sites" in x for x in sa["server_saw"])
+    assert "Secure aggregation" in (tmp_path / "run" / "privacy" / "privacy.md").read_text()
+    assert list((tmp_path / "run" / "site-state").glob("*/privacy-ledger*")) or \
+        list((tmp_path / "run" / "site-state").rglob("*.jsonl"))  # each site's own ledger, on its disk

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .accounting import cross_check_epsilon, epsilon_from_history, rdp_details
 from .budget import epsilon_of_events
@@ -185,6 +185,23 @@ def federation_summary(site_reports: Sequence[dict], central: dict | None = None
                      "person treated at two hospitals is two records, and their loss is at most the sum of those "
                      "two sites' epsilons."),
             "central_dp": central}
+
+
+def secure_aggregation_entry(enabled: bool, settings: Mapping | None = None) -> dict:
+    """What the server saw of the sites' updates (issue 24), for the summary and the rendered reports."""
+    if not enabled:
+        return {"enabled": False, "server_saw": "every site's model update (weights) in the clear, each round"}
+    return {"enabled": True, "protocol": "Flower SecAgg+ (SecAggPlusWorkflow + secaggplus_mod)",
+            "settings": dict(settings or {}),
+            "server_saw": ["the sum over the round's sites of their count-weighted model updates, and of their "
+                           "per-modality training counts and number of contributing sites (never one site's)",
+                           "each site's masked vector (uniformly random to anyone without the other sites' keys)",
+                           "per-site clear-text metrics: training losses, privacy epsilon and steps, the TLA trace "
+                           "(lazy modality per epoch), message timing, validation/test metrics and their counts",
+                           "which sites took part, withheld (with their reason) or dropped out"],
+            "not_protected": ["a server colluding with at least reconstruction-threshold sites can unmask a site",
+                              "the released (aggregated) model: that is what DP-SGD bounds",
+                              "the plaintext metrics listed above and the setup statistics"]}
 
 
 def _safe(name: str) -> str:

@@ -60,6 +60,9 @@ def render_markdown(site_reports: Sequence[dict], summary: dict) -> str:
     for r in site_reports:
         out.append(f"| {r['site']} | {_f(r['epsilon'])} | {_f(r['delta'], 'g')} | {r['accountant']} | "
                    f"{_f(r['max_epsilon'], 'g')} | {_f(r['remaining_budget'])} | {_f(r['lifetime']['epsilon'])} |")
+    if summary.get("secure_aggregation"):
+        out += ["", "## Secure aggregation", "", "```json",
+                json.dumps(summary["secure_aggregation"], indent=2, default=str), "```"]
     if summary.get("central_dp"):
         out += ["", "## Central DP (client-level, reported separately)", "",
                 "```json", json.dumps(summary["central_dp"], indent=2, default=str), "```"]
@@ -117,6 +120,9 @@ def render_html(site_reports: Sequence[dict], summary: dict) -> str:
     if png:
         parts.append(f"<p><img alt='cumulative epsilon per round' "
                      f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'></p>")
+    if summary.get("secure_aggregation"):
+        parts.append("<h2>Secure aggregation</h2><pre>"
+                     f"{e(json.dumps(summary['secure_aggregation'], indent=2, default=str))}</pre>")
     if summary.get("central_dp"):
         parts.append("<h2>Central DP (client-level, reported separately)</h2><pre>"
                      f"{e(json.dumps(summary['central_dp'], indent=2, default=str))}</pre>")
