@@ -27,3 +27,21 @@ def test_run_federated_fedadam_one_round(tmp_path):
     assert state["strategy"] == "fedadam" and state["strategy_state"]["t"] == 1
     marker = f"FLWR_HOME={out / 'logs' / 'flower' / 'flwr_home'}\0".encode()
     assert not [p for p in marked_processes(marker) if is_running(p)], "a simulation process is still running"
+
+
+def test_run_federated_secure_aggregation_matches_plaintext(tmp_path):
+    """Issue 24 in Flower's simulation runtime: SecAgg+ rounds decode to the plaintext run's model (same seeds), and
+    the server records only the summed counts."""
+    from sim.generator import generate_federation
+
+    data = generate_federation("smoke", 3, tmp_path / "data", seed=0)
+    finals = {}
+    for secure in (False, True):
+        out = run_federated(Config.load("smoke").replace(rounds=1, secure_aggregation=secure), data,
+                            tmp_path / f"run-{secure}")
+        metrics = json.loads((out / "metrics.json").read_text())
+        finals[secure] = metrics["final"]["global"]["auroc"]
+        if secure:
+            summed = metrics["rounds"][0]["secure_sum"]
+            assert summed["contributors"] == 3 and summed["counts"]["n"] > 0
+    assert abs(finals[True] - finals[False]) <= 0.005, finals
