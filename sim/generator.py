@@ -191,8 +191,10 @@ def generate_federation(preset: str | Preset, n_sites: int | None, out_dir: Path
     federation = {
         "preset": p.name, "seed": int(seed), "sites": [c.name for c in cohorts],
         "labels": LABELS, "tasks": ["binary", "multiclass", "multilabel", "survival"],
-        "modalities": list(MODALITIES), "ehr-format": ehr_format, "oracle": ORACLE_FILE, "counts": counts,
+        "modalities": list(MODALITIES), "oracle": ORACLE_FILE, "counts": counts,
     }
+    if ehr_format != "csv":  # written only when not the default, so CSV federations stay byte-identical to older ones
+        federation["ehr-format"] = ehr_format
     if p.reliability:
         federation["reliability"] = RELIABILITY_FILE
     (out_dir / FEDERATION_FILE).write_text(yaml.safe_dump(federation, sort_keys=False))
