@@ -133,23 +133,25 @@ def load_config(args: argparse.Namespace, **overrides):
 
 
 # --- data -----------------------------------------------------------------------------------------------------
-def federation(preset: str, sites: Optional[int], seed: int, work: Path) -> Path:
-    """The federation folder ``<work>/<preset>-<sites>-<seed>``, generated on first use and reused afterwards.
+def federation(preset: str, sites: Optional[int], seed: int, work: Path, ehr_format: str = "csv") -> Path:
+    """The federation folder ``<work>/<preset>-<sites>-<seed>`` (``-meds`` appended for a MEDS EHR), generated on
+    first use and reused afterwards.
 
     Args:
         preset: synthetic preset name (``sim.presets``).
         sites: number of sites; None = the preset's default.
         seed: generator seed.
         work: the benchmark work folder.
+        ehr_format: ``csv`` or ``meds`` (``omnifuse synth --ehr-format``): the same patients and splits either way.
     """
     from sim.generator import generate_federation
     from sim.presets import get_preset
 
     n = sites if sites is not None else get_preset(preset).default_sites
-    data = Path(work) / f"{preset}-{n}-{seed}"
+    data = Path(work) / f"{preset}-{n}-{seed}{'' if ehr_format == 'csv' else '-' + ehr_format}"
     if not (data / "federation.yaml").is_file():
         shutil.rmtree(data, ignore_errors=True)
-        generate_federation(preset, n, data, seed=seed)
+        generate_federation(preset, n, data, seed=seed, ehr_format=ehr_format)
     return data
 
 

@@ -40,6 +40,7 @@ class RunSpec:
         mode: ``centralized`` | ``federated`` | ``local`` | ``flower``.
         overrides: config overrides of the row (snake_case keys).
         transform: optional ``("module:function", kwargs)`` applied to the loaded sites before training.
+        ehr_format: the federation's EHR files, ``csv`` or ``meds`` (same patients and splits).
     """
 
     key: str
@@ -48,6 +49,7 @@ class RunSpec:
     mode: str = "centralized"
     overrides: dict = field(default_factory=dict)
     transform: Optional[tuple] = None
+    ehr_format: str = "csv"
 
 
 def settings_of(args: argparse.Namespace) -> dict:
@@ -55,11 +57,11 @@ def settings_of(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k, None) for k in SETTINGS}
 
 
-def federation_dir(settings: dict, data_seed: int) -> Path:
+def federation_dir(settings: dict, data_seed: int, ehr_format: str = "csv") -> Path:
     """The federation folder of ``data_seed`` (generated on first use, see ``bench.common.federation``)."""
     from bench.common import federation
 
-    return federation(settings["preset"], settings["sites"], data_seed, Path(settings["work"]))
+    return federation(settings["preset"], settings["sites"], data_seed, Path(settings["work"]), ehr_format)
 
 
 def load_federation(args: argparse.Namespace, data_seed: int) -> list:
@@ -83,7 +85,7 @@ def run_one(spec: RunSpec, settings: dict) -> dict:
 
     args = argparse.Namespace(**settings)
     cfg = load_config(args, seed=spec.seed, **spec.overrides)
-    data = federation_dir(settings, spec.data_seed)
+    data = federation_dir(settings, spec.data_seed, spec.ehr_format)
     sites = _sites(settings, data)
     if spec.transform is not None:
         target, kwargs = spec.transform
@@ -134,8 +136,8 @@ def execute(specs: list[RunSpec], args: argparse.Namespace) -> list[dict]:
     """
     settings = settings_of(args)
     settings["threads"] = worker_threads(args)
-    for ds in sorted({s.data_seed for s in specs}):
-        _sites(settings, federation_dir(settings, ds))
+    for ds, fmt in sorted({(s.data_seed, s.ehr_format) for s in specs}):
+        _sites(settings, federation_dir(settings, ds, fmt))
     results: list = [None] * len(specs)
     pooled = [i for i, s in enumerate(specs) if s.mode != "flower"]
     start = time.perf_counter()
