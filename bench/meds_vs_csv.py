@@ -4,7 +4,7 @@ MIMIC-benchmark per-stay CSVs (``ehr``), trained centralized, local-only and fed
 
 Usage:
   .venv/bin/python bench/meds_vs_csv.py --preset demo --data-seeds 2 --seeds 2 [--modes centralized,local,federated]
-      [--jobs 2 --threads 1] [--set ehr-event-encoder=event_gru] [--out bench/results/issue26/meds_vs_csv.json]
+      [--jobs 2 --threads 1] [--set ehr-event-encoder=bag_of_codes] [--out bench/results/issue26/meds_vs_csv_code_stats.json]
   .venv/bin/python bench/meds_vs_csv.py --quick          # smoke preset, 1 seed
 
 Each (data seed, model seed, mode) is trained once per format with the same seeds (``bench.runner``, in memory;

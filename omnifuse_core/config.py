@@ -61,7 +61,7 @@ class Config:
     embed_dim: int = 128
     encoder_hidden: int = 64
     ehr_encoder: str = "gru"  # gru | lstm | tcn | summary (sequence); tabular EHR: mlp, or linear if set here
-    ehr_event_encoder: str = "bag_of_codes"  # ehr-meds event sequences: bag_of_codes | event_gru
+    ehr_event_encoder: str = "code_stats"  # ehr-meds event sequences: code_stats | bag_of_codes | event_gru
     image_encoder: str = "small_cnn"  # small_cnn | pooled (8x8 average pool + linear) | resnet18 | resnet34
     image_checkpoint: str = ""  # optional weights-only checkpoint for the image backbone
     genomics_encoder: str = "snn"  # snn | mlp | linear
@@ -176,7 +176,7 @@ class Config:
             "tracking": TRACKER_NAMES,
             "joint_head": ("mlp", "bilinear"),
             "joint_input": ("latents", "latents+embeddings"),
-            "ehr_event_encoder": ("bag_of_codes", "event_gru"),
+            "ehr_event_encoder": ("bag_of_codes", "event_gru", "code_stats"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -267,4 +267,4 @@ def build_encoder(spec: ModalitySpec, cfg: Config) -> nn.Module:
     return encoder
 
 
-from . import encoders_events  # noqa: E402,F401  (registers bag_of_codes / event_gru)
+from . import encoders_events  # noqa: E402,F401  (registers code_stats / bag_of_codes / event_gru)

@@ -84,3 +84,46 @@ class EventGRUEncoder(nn.Module):
         out, _ = self.rnn(e)
         mean = (e * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(e.dtype)
         return self.proj(torch.cat([out[:, -1], mean], dim=1))
+
+
+RECENT_BUCKET = 5  # time buckets 2..5: events in the last 15 hours before the prediction time
+_STATS = 5
+
+
+@ENCODERS.register("code_stats")
+class CodeStatsEncoder(nn.Module):
+    """Per-code summaries of the events (the tabularization MEDS-Tab uses), read by a 2-layer MLP.
+
+    For every vocabulary code: ``log(1 + count)``, its share of the patient's events, the mean standardized value,
+    the mean over the last 15 hours (time buckets 2..5) and the mean before them (0 where no such value); plus
+    ``log(1 + number of events)``. Order-free within a window, so a code's value level and its recent change are
+    read directly rather than learned from embeddings. Only ``nn.Linear`` holds weights (Opacus-ready); a patient
+    without EHR (all padding) has all-zero summaries, one constant embedding.
+    """
+
+    def __init__(self, *, spec: ModalitySpec, cfg: Config, **_: object) -> None:
+        super().__init__()
+        _check(spec, "code_stats")
+        self.vocab = int(cfg.ehr_vocab_size) + FIRST_CODE
+        self.norm_len = math.log1p(spec.shape[0])
+        self.mlp = nn.Sequential(nn.Linear(self.vocab * _STATS + 1, cfg.encoder_hidden), nn.ReLU(),
+                                 nn.Linear(cfg.encoder_hidden, cfg.embed_dim))
+
+    def summaries(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, 4]`` -> per-code summaries ``[B, vocab, 5]`` (row 0, padding, is zero) and the event count."""
+        code = x[..., 0].round().long().clamp(0, self.vocab - 1)
+        z, has, bucket = x[..., 1], x[..., 2], x[..., 3]
+        real = (code > 0).to(x.dtype)
+        recent = real * ((bucket >= 2) & (bucket <= RECENT_BUCKET)).to(x.dtype)
+        feats = torch.stack([real, has * real, z * has * real, has * recent, z * has * recent], dim=-1)
+        acc = x.new_zeros(x.shape[0], self.vocab, _STATS).scatter_add(1, code[..., None].expand(-1, -1, _STATS),
+                                                                       feats)
+        n, nv, sv, nr, sr = acc.unbind(-1)
+        total = n.sum(dim=1, keepdim=True)
+        stats = torch.stack([torch.log1p(n), n / total.clamp(min=1.0), sv / nv.clamp(min=1.0),
+                             sr / nr.clamp(min=1.0), (sv - sr) / (nv - nr).clamp(min=1.0)], dim=-1)
+        return stats, total
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stats, total = self.summaries(x)
+        return self.mlp(torch.cat([stats.flatten(1), torch.log1p(total) / self.norm_len], dim=1))

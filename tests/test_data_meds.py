@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -163,7 +164,7 @@ def test_combined_vocabulary_is_the_top_k_and_normalises_per_code(meds_fed):
     assert abs(float(z.mean())) < 0.5 and 0.5 < float(z.std()) < 1.5  # standardized with the federated stats
 
 
-@pytest.mark.parametrize("name", ["bag_of_codes", "event_gru"])
+@pytest.mark.parametrize("name", ["bag_of_codes", "event_gru", "code_stats"])
 def test_event_encoders_shape_and_missing_input(name):
     cfg = Config().replace(modalities="ehr", ehr_event_encoder=name, embed_dim=8, encoder_hidden=8,
                            ehr_vocab_size=20)
@@ -175,6 +176,21 @@ def test_event_encoders_shape_and_missing_input(name):
     assert out.shape == (3, 8)
     assert torch.allclose(out[1], out[2])  # missing EHR (all padding): one constant embedding
     assert not torch.allclose(out[0], out[1])
+
+
+def test_code_stats_summaries_equal_hand_computed_per_code_values():
+    cfg = Config().replace(modalities="ehr", ehr_event_encoder="code_stats", embed_dim=8, encoder_hidden=8,
+                           ehr_vocab_size=4)
+    enc = build_encoder(ModalitySpec("ehr", KIND_EVENTS, (6, 4)), cfg)
+    x = torch.zeros(1, 6, 4)
+    # code 2: values 1.0 (20 h before: bucket 6) and 3.0 (1 h: bucket 3); code 3: one value-less event; 2 padding
+    x[0, 2:] = torch.tensor([[2, 1.0, 1, 6], [3, 0.0, 0, 2], [2, 3.0, 1, 3], [2, 0.0, 0, 4]])
+    stats, total = enc.summaries(x)
+    assert float(total) == 4
+    c2, c3 = stats[0, 2], stats[0, 3]
+    assert torch.allclose(c2, torch.tensor([math.log1p(3), 3 / 4, 2.0, 3.0, 1.0]))  # count, share, mean, recent, earlier
+    assert torch.allclose(c3, torch.tensor([math.log1p(1), 1 / 4, 0.0, 0.0, 0.0]))
+    assert (stats[0, 0] == 0).all() and (stats[0, 4:] == 0).all()  # padding row and absent codes
 
 
 def test_prediction_time_from_a_cohort_column_and_patients_without_ehr(site):

@@ -57,3 +57,37 @@ def test_dp_with_secure_aggregation_keeps_the_ledger_and_says_what_the_server_sa
     assert "Secure aggregation" in (tmp_path / "run" / "privacy" / "privacy.md").read_text()
     assert list((tmp_path / "run" / "site-state").glob("*/privacy-ledger*")) or \
         list((tmp_path / "run" / "site-state").rglob("*.jsonl"))  # each site's own ledger, on its disk
+
+
+def test_too_few_sites_for_the_threshold_fail_the_round_by_name_and_resume_finishes(smoke_federation, tmp_path):
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+    from omnifuse_core.secure_sum import SecureSumError
+
+    class LosesOneInRoundTwo(InProcessGrid):  # the last site goes silent at round 2's collect stage
+        collects = 0
+
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            configs = messages[0].content.config_records.get(RECORD_KEY_CONFIGS) if messages else None
+            collect = configs is not None and configs.get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS  # read before
+            replies = super().send_and_receive(messages, timeout=timeout)  # the site's mod edits it in place
+            if collect:
+                self.collects += 1
+                if self.collects == 2:
+                    victim = max(m.metadata.dst_node_id for m in messages)
+                    return [r for r, m in zip(replies, messages) if m.metadata.dst_node_id != victim]
+            return replies
+
+    run_dir = tmp_path / "run"
+    cfg = Config.load("smoke").replace(data_root=str(smoke_federation), run_dir=str(run_dir), min_sites=3,
+                                       rounds=2, secure_aggregation=True, secagg_reconstruction_threshold=3)
+    grid = LosesOneInRoundTwo(3)
+    with pytest.raises(SecureSumError, match="secagg-reconstruction-threshold=3.*resume=true"):
+        run_federation(grid, cfg)
+    assert grid.collects == 2
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["round"] == 1  # round 1 kept
+    run_federation(InProcessGrid(3), cfg, resume=True)  # the sites are back: resume finishes round 2
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in m["rounds"]] == [1, 2]
+    assert m["rounds"][1]["secure_sum"]["contributors"] == 3
