@@ -246,11 +246,13 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
     schedule = plan_schedule(len(site.train), cfg, uses_tla=uses_tla, site=name)
     b = with_tla_scale(cfg, schedule).tla_noise_scale  # TLA's Laplace scale at this site (auto: from the schedule)
     sigma, calibration = noise_multiplier_for(state_dir, fp, cfg.replace(tla_noise_scale=b), schedule, site=name)
-    try:  # max-grad-norm: adaptive — sigma_b and the noise split; the clip norm resumes from this run's last round
-        adaptive = adaptive_clip.settings_for(cfg, min(cfg.batch_size, len(site.train)), sigma,
-                                              initial=adaptive_clip.resume_clip(ledger.events(), run_id))
-    except ValueError as exc:
-        raise PrivacyRefused(f"site '{name}': {exc}") from exc
+    adaptive = None
+    if cfg.adaptive_clip:  # sigma_b and the noise split; the clip norm resumes from this run's last round
+        try:
+            adaptive = adaptive_clip.settings_for(cfg, min(cfg.batch_size, len(site.train)), sigma,
+                                                  initial=adaptive_clip.resume_clip(ledger.events(), run_id))
+        except ValueError as exc:
+            raise PrivacyRefused(f"site '{name}': {exc}") from exc
     clip = adaptive_clip.ledger_fields(adaptive, sigma) if adaptive else None
     check = preflight(name, cfg, schedule, len(site.train), clip["clip_noise_multiplier"] if clip else sigma,
                       n_params, first=server_round <= 1)

@@ -35,6 +35,15 @@ class DPSettings:
     noisy_select: Optional[Callable[[torch.Tensor], tuple[int, dict]]] = None  # TLA report-noisy-max
     adaptive: Optional[Any] = None  # privacy.adaptive_clip.AdaptiveClip: C starts at its `initial`, then adapts
 
+    @classmethod
+    def for_config(cls, cfg: Config, noise_multiplier: float, expected_batch: float,
+                   noisy_select: Optional[Callable] = None) -> "DPSettings":
+        """``cfg``'s clipping at σ (``max-grad-norm: adaptive``: the clip-* settings, C from ``clip-initial``)."""
+        from .privacy.adaptive_clip import settings_for
+
+        ada = settings_for(cfg, expected_batch, noise_multiplier)
+        return cls(noise_multiplier, ada.initial if ada else cfg.max_grad_norm, noisy_select, ada)
+
 
 @dataclass
 class TrainResult:

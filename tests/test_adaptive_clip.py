@@ -146,6 +146,17 @@ def test_config_errors_name_the_key(item, key):
         Config(max_grad_norm="adaptiv").validate()
 
 
+def test_dp_settings_for_config_builds_the_adaptive_settings_for_the_benchmarks():
+    from omnifuse_core.trainer import DPSettings
+
+    fixed = DPSettings.for_config(Config(max_grad_norm=0.3), 1.0, 32)
+    assert (fixed.max_grad_norm, fixed.adaptive) == (0.3, None)
+    ada = DPSettings.for_config(Config(max_grad_norm="adaptive", clip_initial=0.2), 1.0, 32)
+    assert ada.max_grad_norm == 0.2 and ada.adaptive == ac.AdaptiveClip(0.5, 0.2, 0.2, 1.6)
+    with pytest.raises(ValueError, match="clip-count-noise"):
+        DPSettings.for_config(Config(max_grad_norm="adaptive"), 4.0, 32)
+
+
 # --- a real DP round -------------------------------------------------------------------------------------------
 TINY = dict(embed_dim=8, encoder_hidden=8, head_hidden=8, cra_hidden="16,8,4", cra_blocks=2, dp=True,
             batch_size=8, local_epochs=1, rounds=2, target_epsilon=8.0, delta=1e-5)
@@ -190,6 +201,12 @@ def test_adaptive_dp_round_records_the_mechanism_at_the_fixed_clip_epsilon(tmp_p
     mech = report["mechanism"]["adaptive_clipping"]
     assert report["mechanism"]["clipping"] == "adaptive" and mech["final_clip"] == res2.clip["clip_final"]
     assert mech["target_quantile"] == [0.5] and mech["count_noise_std"] == [sb] and len(mech["clip_per_round"]) == 2
+    from omnifuse_core.privacy.report import federation_summary, write_reports
+
+    paths = write_reports(tmp_path / "run", [report], federation_summary([report]))
+    md = (tmp_path / "run" / "privacy" / "privacy.md").read_text()
+    assert "adaptive: target quantile [0.5]" in md and f"count noise sigma_b=[{sb}]" in md
+    assert "adaptive" in open(paths["html"]).read()
     assert "clipping" not in fixed[-1][2]["mechanism"]  # fixed-clip reports are unchanged
     assert all("clipping" not in e for e in PrivacyLedger(tmp_path / "fixed", "fp-a").events())
 

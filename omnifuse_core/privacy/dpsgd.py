@@ -80,6 +80,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
                          "calibrate_noise_multiplier() or set config key noise-multiplier")
     if adaptive is not None:
         max_grad_norm = adaptive.initial
+    elif isinstance(max_grad_norm, str):
+        raise ValueError(f"max_grad_norm = {max_grad_norm!r}: with config key max-grad-norm: adaptive pass "
+                         "adaptive=AdaptiveClip(...) (DPSettings.for_config builds it)")
     if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
         raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r} (config key max-grad-norm)")
     _install_direct_grad_sample_store()
