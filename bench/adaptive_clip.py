@@ -4,7 +4,9 @@ Every arm trains the DP profile (``configs/demo-dp.yaml``) through ``bench.train
 layer a Flower site uses, at the same target ε, so σ, q and the steps (hence ε) are the same in every arm; only
 the clipping differs. Arms: ``fixed`` (the config's ``max-grad-norm``, tuned for the profile: 0.1), ``fixed-1``
 (C = 1, the untuned default) and ``adaptive`` (``max-grad-norm: adaptive`` with the clip-* defaults: γ = 0.5,
-C_0 = 1, η_C = 0.2, σ_b = B/20). Δ = paired difference against ``fixed`` over (data seed, model seed).
+C_0 = 1, η_C = 0.2, σ_b = B/20); ``adaptive-q0.1`` (γ = 0.1) only when named in ``--arms``. Δ = paired
+difference against ``fixed`` over (data seed, model seed); the DP noise of each run is seeded from a fresh site
+secret, so arms are paired in data and model seed, not in noise draws.
 
 Usage:
   .venv/bin/python bench/adaptive_clip.py --preset demo --data-seeds 1 --seeds 2 --modes centralized --threads 1
@@ -21,7 +23,9 @@ from bench.common import add_run_args, base_parser, load_config, resolve_args, s
 from bench.runner import RunSpec, by_key, execute, publish  # noqa: E402
 from bench.stats import compare, fdiff, fmt, fnum, fp, markdown_table, summary  # noqa: E402
 
-ARMS = {"fixed": {}, "fixed-1": {"max_grad_norm": 1.0}, "adaptive": {"max_grad_norm": "adaptive"}}
+ARMS = {"fixed": {}, "fixed-1": {"max_grad_norm": 1.0}, "adaptive": {"max_grad_norm": "adaptive"},
+        "adaptive-q0.1": {"max_grad_norm": "adaptive", "clip_quantile": 0.1}}  # the last only with --arms
+DEFAULT_ARMS = ("fixed", "fixed-1", "adaptive")
 
 
 def _worst(runs: list, key: str) -> float:
@@ -38,13 +42,16 @@ def main() -> None:
     ap = add_run_args(base_parser(__doc__.splitlines()[0], seeds=2))
     ap.add_argument("--modes", default="centralized", help="federated and/or centralized")
     ap.add_argument("--epsilon", type=float, default=8.0, help="target epsilon of every arm")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {list(ARMS)}")
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated subset of {list(ARMS)}")
     args = ap.parse_args()
     args.config = args.config or ("smoke-dp" if args.quick else "demo-dp")
     args.preset = args.preset or ("smoke" if args.quick else "demo")
     args = resolve_args(args, "adaptive_clip", preset_in_name=True)
     modes = [m for m in args.modes.split(",") if m]
     arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        ap.error(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
     base = load_config(args)
     data_seeds, seeds = seeds_of(args)
     keys = {(m, a): f"{m}/{a}" for m in modes for a in arms}
