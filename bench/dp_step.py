@@ -45,7 +45,7 @@ def one_epoch(cfg, specs, task, train, dp_mode: str | None) -> dict:
             mining[0] += time.perf_counter() - t
 
     model.on_epoch_start = timed
-    dp = DPSettings(1.0, cfg.max_grad_norm) if dp_mode else None
+    dp = DPSettings.for_config(cfg, 1.0, min(cfg.batch_size, len(train))) if dp_mode else None
     start = time.perf_counter()
     result = train_local(model, train, run_cfg, epochs=1, dp=dp)
     epoch = time.perf_counter() - start

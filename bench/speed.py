@@ -53,7 +53,7 @@ def timed_epochs(variants: dict, specs, task, train, repeats: int) -> dict:
     from omnifuse_core.models import build_model
     from omnifuse_core.trainer import DPSettings, set_seed, train_local
 
-    settings = {n: DPSettings(noise_multiplier=1.0, max_grad_norm=c.max_grad_norm) if c.dp else None
+    settings = {n: DPSettings.for_config(c, 1.0, c.batch_size) if c.dp else None
                 for n, c in variants.items()}
     for name, cfg in variants.items():
         set_seed(cfg.seed)

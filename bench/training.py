@@ -114,7 +114,8 @@ def _dp(cfg):
 
 
 def _privacy(dp) -> dict:
-    return {k: {f: v.get(f) for f in ("epsilon", "noise_multiplier", "noise_ratio", "trainable_params", "steps")}
+    return {k: {f: v.get(f) for f in ("epsilon", "noise_multiplier", "noise_ratio", "trainable_params", "steps",
+                                     "max_grad_norm")}
             for k, v in dp.metrics.items()}
 
 

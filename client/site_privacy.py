@@ -6,7 +6,8 @@ Per round, at the site and under the site's own control:
 2. get the noise multiplier σ for the planned schedule — calibrated ONCE per schedule and stored in
    ``<state-dir>/privacy-calibration/<fingerprint>.json`` so later rounds, restarts and resumed runs reuse it;
 3. project ε with the round's planned DP-SGD steps and noisy-max selections; refuse above the site's cap;
-4. train with ``DPSettings(σ, max-grad-norm, report-noisy-max)``;
+4. train with ``DPSettings(σ, max-grad-norm, report-noisy-max)`` (``max-grad-norm: adaptive``: the clip norm adapts,
+   the gradient gets σ_Δ and the unclipped count σ_b so that each step still costs exactly σ: adaptive_clip.py);
 5. append what was actually spent to the ledger (fsynced) BEFORE the reply leaves the site;
 6. build the site's privacy report (no patient data) and the ``privacy.*`` metrics for the reply.
 
@@ -30,6 +31,7 @@ from typing import Any, Callable, Optional
 from omnifuse_core.config import Config
 from omnifuse_core.privacy import (LedgerCorrupt, PrivacyLedger, SiteBudget, calibrate_noise_multiplier,
                                    make_noisy_select, noisy_max_event)
+from omnifuse_core.privacy import adaptive_clip
 from omnifuse_core.privacy.dpsgd import planned_steps_per_epoch
 from omnifuse_core.privacy.noisy_max import MINING_MONOTONE, noisy_max_epsilon
 from omnifuse_core.privacy.preflight import NoiseCheck, check_noise
@@ -244,7 +246,16 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
     schedule = plan_schedule(len(site.train), cfg, uses_tla=uses_tla, site=name)
     b = with_tla_scale(cfg, schedule).tla_noise_scale  # TLA's Laplace scale at this site (auto: from the schedule)
     sigma, calibration = noise_multiplier_for(state_dir, fp, cfg.replace(tla_noise_scale=b), schedule, site=name)
-    check = preflight(name, cfg, schedule, len(site.train), sigma, n_params, first=server_round <= 1)
+    adaptive = None
+    if cfg.adaptive_clip:  # sigma_b and the noise split; the clip norm resumes from this run's last round
+        try:
+            adaptive = adaptive_clip.settings_for(cfg, min(cfg.batch_size, len(site.train)), sigma,
+                                                  initial=adaptive_clip.resume_clip(ledger.events(), run_id))
+        except ValueError as exc:
+            raise PrivacyRefused(f"site '{name}': {exc}") from exc
+    clip = adaptive_clip.ledger_fields(adaptive, sigma) if adaptive else None
+    check = preflight(name, cfg, schedule, len(site.train), clip["clip_noise_multiplier"] if clip else sigma,
+                      n_params, first=server_round <= 1)
     budget = SiteBudget(ledger, cfg.delta, cap, cfg.accountant, site=name)
     n_select = schedule.noisy_max_in_round(server_round) if uses_tla else 0
     planned = [noisy_max_event(b, count=n_select, monotone=MINING_MONOTONE)] if n_select else []
@@ -254,15 +265,20 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
         raise PrivacyRefused(str(exc)) from exc
     seed = secret_seed(state_dir, fp, cfg.seed, run_id, server_round)
     select = make_noisy_select(b, torch.Generator().manual_seed(seed + 1)) if uses_tla else None
-    result = train(cfg.replace(seed=seed), DPSettings(sigma, cfg.max_grad_norm, select))
+    result = train(cfg.replace(seed=seed), DPSettings(sigma, adaptive.initial if adaptive else cfg.max_grad_norm,
+                                                      select, adaptive))
     events = list(result.trace.get("dp_event", []) or [])
+    clip_norm = (getattr(result, "clip", None) or {}).get("clip_final", adaptive.initial) if adaptive \
+        else cfg.max_grad_norm
     spent = budget.record_round(sigma, result.sample_rate or schedule.sample_rate, result.steps,
-                                max_grad_norm=cfg.max_grad_norm, round=server_round, run_id=run_id,
-                                extra_events=events)
+                                max_grad_norm=clip_norm, round=server_round, run_id=run_id,
+                                extra_events=events, clip=clip)
     report = build_report(ledger, name, cfg, cap, run_id, calibration, check)
     metrics = {"epsilon": float(report["epsilon"]), "delta": float(cfg.delta), "epsilon_lifetime": float(spent),
                "max_epsilon": cap, "noise_multiplier": sigma, "sample_rate": float(result.sample_rate),
-               "steps": int(result.steps), "max_grad_norm": float(cfg.max_grad_norm)}
+               "steps": int(result.steps), "max_grad_norm": float(clip_norm)}
+    if clip:
+        metrics["clip_noise_multiplier"] = float(clip["clip_noise_multiplier"])
     if uses_tla:
         metrics["tla_noise_scale"] = float(b)
     if check is not None:

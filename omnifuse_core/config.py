@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+ADAPTIVE = "adaptive"  # max-grad-norm: adaptive (omnifuse_core.privacy.adaptive_clip)
 TRACKER_NAMES = ("none", "tensorboard")  # omnifuse_core.tracking.TRACKERS (a test keeps the two equal)
 
 
@@ -138,7 +140,11 @@ class Config:
     dp: bool = False
     target_epsilon: float = 8.0
     delta: float = 1e-5
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | str = 1.0  # per-sample clip norm C, or adaptive (Andrew et al. 2021; the clip-* keys, docs/privacy.md)
+    clip_quantile: float = 0.5  # adaptive clipping: target fraction γ of per-sample gradients left unclipped
+    clip_initial: float = 1.0  # adaptive clipping: initial clip norm C_0 (later rounds of a run resume from the last C)
+    clip_learning_rate: float = 0.2  # adaptive clipping: η_C of the geometric update C ← C·exp(−η_C·(b̃ − γ))
+    clip_count_noise: float = 0.0  # adaptive clipping: std σ_b of the unclipped-count noise; 0 = expected batch size / 20
     noise_multiplier: float = 0.0  # 0 = calibrate once for the planned schedule
     planned_rounds: int = 0  # 0 = use `rounds`
     accountant: str = "prv"  # headline accountant: prv | rdp
@@ -155,6 +161,11 @@ class Config:
     @property
     def modality_list(self) -> list[str]:
         return [m.strip() for m in self.modalities.split(",") if m.strip()]
+
+    @property
+    def adaptive_clip(self) -> bool:
+        """``max-grad-norm: adaptive``: the clip norm follows a quantile of the per-sample gradient norms."""
+        return isinstance(self.max_grad_norm, str) and self.max_grad_norm == ADAPTIVE
 
     @property
     def cra_hidden_list(self) -> list[int]:
@@ -226,6 +237,18 @@ class Config:
                                             self.secagg_quantization_range)
             if problem:
                 raise ConfigError(f"secure-aggregation: {problem}")
+        if isinstance(self.max_grad_norm, str) and self.max_grad_norm != ADAPTIVE:
+            raise ConfigError(f"config key 'max-grad-norm' = {self.max_grad_norm!r}; give the clip norm C (a number "
+                              f"> 0) or '{ADAPTIVE}'")
+        if not 0.0 < self.clip_quantile < 1.0:
+            raise ConfigError(f"config key 'clip-quantile' is the target unclipped fraction and must lie in (0, 1), got "
+                              f"{self.clip_quantile}")
+        for key in ("clip_initial", "clip_learning_rate"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                raise ConfigError(f"config key '{_ext(key)}' must be a finite number > 0, got {getattr(self, key)}")
+        if not (math.isfinite(self.clip_count_noise) and self.clip_count_noise >= 0):
+            raise ConfigError(f"config key 'clip-count-noise' must be >= 0 (0 = expected batch size / 20), got "
+                              f"{self.clip_count_noise}")
         if self.dp and not (0 < self.delta < 1):
             raise ConfigError(f"config key 'delta' must lie in (0, 1), got {self.delta}")
         return self
@@ -271,7 +294,7 @@ class Config:
                 if strict:
                     raise ConfigError(f"unknown config key '{raw_key}'; see docs/configuration.md for valid keys")
                 continue
-            changes[key] = _coerce(key, value, type(getattr(base, key)))
+            changes[key] = _clip_norm(value) if key == "max_grad_norm" else _coerce(key, value, type(getattr(base, key)))
         return dataclasses.replace(base, **changes).validate()
 
     @classmethod
@@ -304,6 +327,17 @@ def resolve_config_path(path_or_name: str | Path) -> Path:
 
 def _ext(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _clip_norm(value: Any) -> "float | str":
+    """``max-grad-norm``: a number (the fixed clip norm C, read as before) or the word ``adaptive``."""
+    if isinstance(value, str) and value.strip().lower() == ADAPTIVE:
+        return ADAPTIVE
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key 'max-grad-norm': cannot read {value!r} as a number; give the clip norm C "
+                          f"(a number > 0) or '{ADAPTIVE}'") from exc
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:

@@ -33,6 +33,16 @@ class DPSettings:
     noise_multiplier: float
     max_grad_norm: float
     noisy_select: Optional[Callable[[torch.Tensor], tuple[int, dict]]] = None  # TLA report-noisy-max
+    adaptive: Optional[Any] = None  # privacy.adaptive_clip.AdaptiveClip: C starts at its `initial`, then adapts
+
+    @classmethod
+    def for_config(cls, cfg: Config, noise_multiplier: float, expected_batch: float,
+                   noisy_select: Optional[Callable] = None) -> "DPSettings":
+        """``cfg``'s clipping at σ (``max-grad-norm: adaptive``: the clip-* settings, C from ``clip-initial``)."""
+        from .privacy.adaptive_clip import settings_for
+
+        ada = settings_for(cfg, expected_batch, noise_multiplier)
+        return cls(noise_multiplier, ada.initial if ada else cfg.max_grad_norm, noisy_select, ada)
 
 
 @dataclass
@@ -42,6 +52,7 @@ class TrainResult:
     trace: dict = field(default_factory=dict)
     steps: int = 0
     sample_rate: float = 0.0
+    clip: dict = field(default_factory=dict)  # adaptive clipping: privacy.adaptive_clip.clip_summary (else empty)
 
 
 def set_seed(seed: int) -> None:
@@ -117,7 +128,8 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
         from .privacy.dpsgd import dp_step, make_private
         dp_model, optimizer, loader = make_private(model, optimizer, train_ds, batch_size=cfg.batch_size,
                                             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                                            seed=seed, grad_sample_mode=cfg.dp_grad_sample_mode)
+                                            seed=seed, grad_sample_mode=cfg.dp_grad_sample_mode,
+                                            adaptive=dp.adaptive)
         sample_rate = float(loader.sample_rate)
         # a parameter this batch did not reach (or an empty Poisson batch) has a zero per-sample gradient;
         # dp_step fills it in and still adds the noise, so every step counts
@@ -125,7 +137,7 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
     else:
         step = optimizer.step
     sums: dict[str, float] = defaultdict(float)
-    n_batches, steps = 0, 0
+    n_batches, steps, clip = 0, 0, {}
     trace: dict[str, list] = defaultdict(list)
     try:
         for epoch in range(epochs):
@@ -157,8 +169,11 @@ def train_local(model: FusionModel, train_ds: MultimodalDataset, cfg: Config, *,
     finally:
         if dp_model is not None:  # Opacus' hooks off the model again: a later round or train_local call re-wraps it
             dp_model._close()
+    if dp is not None and dp.adaptive is not None:
+        from .privacy.adaptive_clip import clip_summary
+        clip = clip_summary(optimizer)
     metrics = {k: v / max(n_batches, 1) for k, v in sums.items()}
-    return TrainResult(metrics, counts, dict(trace), steps, sample_rate)
+    return TrainResult(metrics, counts, dict(trace), steps, sample_rate, clip)
 
 
 def _proximal_term(model: FusionModel, center: dict[str, torch.Tensor], mu: float) -> torch.Tensor:

@@ -27,7 +27,7 @@ def render() -> str:
         if m:
             out += ["", f"## {m.group(1)[0].upper() + m.group(1)[1:]}", "", "| key | default | meaning |", "|---|---|---|"]
             continue
-        m = re.match(r"\s+(\w+): (\w+) = (.*?)(?:\s+#\s*(.*))?$", line)
+        m = re.match(r"\s+(\w+): (\w+(?: \| \w+)*) = (.*?)(?:\s+#\s*(.*))?$", line)
         if m:
             name, _typ, default, comment = m.groups()
             comment = (comment or "").replace("|", "/")

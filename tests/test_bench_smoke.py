@@ -383,3 +383,16 @@ def test_noop_floor_app_echoes_the_payload_and_reports_its_startup(monkeypatch, 
     reply = client_app(msg, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={}))
     np.testing.assert_array_equal(reply.content["arrays"]["w"].numpy(), payload)
     assert reply.content["metrics"]["startup"] > 0
+
+
+def test_adaptive_clip_quick(work):
+    """B12 quick: fixed (config C), fixed C = 1 and adaptive clipping at the same target epsilon: the same sigma and
+    epsilon in every arm, the adaptive arm ends at its own C, each arm compared with the fixed one."""
+    res, _ = run_script("adaptive_clip", work)
+    cells = res["table"]
+    assert set(cells) == {"centralized/fixed", "centralized/fixed-1", "centralized/adaptive"}
+    assert len({c["spent"]["noise_multiplier"] for c in cells.values()}) == 1
+    assert all(0 < c["spent"]["epsilon"] <= 8.0 + 1e-6 for c in cells.values())
+    assert cells["centralized/adaptive"]["spent"]["max_grad_norm"] != 1.0  # smoke-dp's C_0 = clip-initial = 1
+    assert "mean_diff" in cells["centralized/adaptive"]["vs_fixed"] and "vs_fixed" not in cells["centralized/fixed"]
+    assert res["arms"]["adaptive"] == {"max_grad_norm": "adaptive"}

@@ -154,3 +154,23 @@ def test_smoke_dp_federated_simulation_writes_a_privacy_report_per_site(smoke_fe
         assert metrics["privacy"][site]["epsilon"] == pytest.approx(report["epsilon"])
         assert metrics["privacy"][site]["delta"] == 1e-4
     assert (out / "privacy" / "summary.json").exists() and (out / "privacy" / "privacy.html").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_adaptive_clipping_in_flowers_simulation_resumes_c_and_spends_what_fixed_clipping_would(smoke_federation,
+                                                                                                 tmp_path):
+    """max-grad-norm: adaptive through real ClientApps: each site's C adapts, round 2 starts where round 1 ended
+    (the site's ledger), and every site spends exactly the epsilon of its sigma, q and steps (dp-accounting PLD)."""
+    from sim.federated import run_federated
+
+    out = run_federated(Config.load("smoke-dp").replace(max_grad_norm="adaptive"), smoke_federation, tmp_path / "run")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(r["rejected"] == {} for r in metrics["rounds"])
+    for site in SITES:
+        report = json.loads((out / "privacy" / f"{site}.json").read_text())
+        per_round = report["mechanism"]["adaptive_clipping"]["clip_per_round"]
+        assert [r[0] for r in per_round] == [1, 2] and per_round[0][1] == 1.0 and per_round[1][1] == per_round[0][2]
+        assert report["max_grad_norm"] == per_round[1][2] == metrics["privacy"][site]["max_grad_norm"] != 1.0
+        assert report["epsilon"] == pytest.approx(_pld_epsilon(report), rel=0.01) and report["epsilon"] <= 8.0 * 1.001
+        assert metrics["privacy"][site]["clip_noise_multiplier"] > metrics["privacy"][site]["noise_multiplier"]

@@ -23,11 +23,22 @@ class BudgetExceeded(RuntimeError):
     """Running the planned round would take the site past its own ``max-epsilon``."""
 
 
+ADAPTIVE_FIELDS = ("clipping", "clip_quantile", "clip_learning_rate", "clip_count_noise", "clip_noise_multiplier",
+                   "clip_initial")
+
+
 def dpsgd_event(noise_multiplier: float, sample_rate: float, steps: int, *, max_grad_norm: float,
-                round: int | None = None, run_id: str | None = None) -> dict:
-    """The ledger event for ``steps`` DP-SGD steps at one (sigma, q)."""
+                round: int | None = None, run_id: str | None = None, clip: dict | None = None) -> dict:
+    """The ledger event for ``steps`` DP-SGD steps at one (sigma, q).
+
+    ``clip``: adaptive clipping's :func:`~omnifuse_core.privacy.adaptive_clip.clip_summary` (None or empty = fixed
+    clipping, whose event is unchanged); its ``ADAPTIVE_FIELDS`` are recorded and ``max_grad_norm`` should be the
+    clip norm at the end of the steps. σ stays the accounted multiplier (the noise split costs exactly σ).
+    """
     ev = {"type": DPSGD, "noise_multiplier": float(noise_multiplier), "sample_rate": float(sample_rate),
           "steps": int(steps), "max_grad_norm": float(max_grad_norm), "round": round, "run_id": run_id}
+    if clip:
+        ev.update({k: clip[k] for k in ADAPTIVE_FIELDS})
     validate_event(ev)
     return ev
 
@@ -103,14 +114,14 @@ class SiteBudget:
 
     def record_round(self, noise_multiplier: float, sample_rate: float, steps: int, *, max_grad_norm: float,
                      round: int | None = None, run_id: str | None = None,
-                     extra_events: Sequence[dict] = ()) -> float:
+                     extra_events: Sequence[dict] = (), clip: dict | None = None) -> float:
         """Append the round's DP-SGD event and noisy-max events to the ledger; return the new cumulative epsilon.
 
         Call after training and before the reply leaves the site. Recording is never refused: what was spent
-        was spent (a round that overshot its projection is logged as a warning).
+        was spent (a round that overshot its projection is logged as a warning). ``clip``: see :func:`dpsgd_event`.
         """
         events = [dpsgd_event(noise_multiplier, sample_rate, steps, max_grad_norm=max_grad_norm, round=round,
-                              run_id=run_id)]
+                              run_id=run_id, clip=clip)]
         for ev in extra_events:
             ev = dict(ev)
             if ev.get("round") is None:

@@ -18,10 +18,14 @@ import logging
 import math
 import types
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from .adaptive_clip import AdaptiveClip
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,8 @@ def check_dp_compatible(model: nn.Module) -> list[str]:
 
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, *, batch_size: int,
                  noise_multiplier: float, max_grad_norm: float, seed: int | None = None,
-                 grad_sample_mode: str = "hooks") -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+                 grad_sample_mode: str = "hooks",
+                 adaptive: "AdaptiveClip | None" = None) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
     """Wrap model, optimizer and data for DP-SGD with Opacus' ``PrivacyEngine.make_private``.
 
     Args:
@@ -51,6 +56,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
         max_grad_norm: per-sample clipping norm C.
         seed: seeds the sampling and noise generators (reproducible runs); None = fresh entropy.
         grad_sample_mode: Opacus per-sample-gradient mode (``"hooks"`` or ``"functorch"``).
+        adaptive: adaptive clipping (:mod:`omnifuse_core.privacy.adaptive_clip`): C starts at ``adaptive.initial``
+            (``max_grad_norm`` is then ignored) and the gradient noise is σ_Δ·C; the accountant still records σ.
 
     Returns:
         ``(dp_model, dp_optimizer, dp_loader)``; ``dp_loader.sample_rate`` is q and ``len(dp_loader)`` the number
@@ -71,6 +78,11 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"noise_multiplier must be > 0, got {noise_multiplier!r}; calibrate it with "
                          "calibrate_noise_multiplier() or set config key noise-multiplier")
+    if adaptive is not None:
+        max_grad_norm = adaptive.initial
+    elif isinstance(max_grad_norm, str):
+        raise ValueError(f"max_grad_norm = {max_grad_norm!r}: with config key max-grad-norm: adaptive pass "
+                         "adaptive=AdaptiveClip(...) (DPSettings.for_config builds it)")
     if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
         raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r} (config key max-grad-norm)")
     _install_direct_grad_sample_store()
@@ -97,6 +109,13 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Da
     counter = RDPAccountant()
     dp_optimizer.attach_step_hook(counter.get_optimizer_hook_fn(sample_rate=sample_rate))
     dp_optimizer.omnifuse_accountant = counter
+    if adaptive is not None:
+        from .adaptive_clip import attach
+
+        state = attach(dp_optimizer, adaptive, noise_multiplier=float(noise_multiplier), expected_batch=batch_size)
+        log.info("DP-SGD adaptive clipping: quantile %.3g, C0 %.3g, lr %.3g, sigma_b %.4g, gradient sigma %.4g",
+                 adaptive.quantile, adaptive.initial, adaptive.learning_rate, adaptive.count_noise,
+                 state.gradient_multiplier)
     log.info("DP-SGD: N=%d B=%d q=%.5f sigma=%.4f C=%.3g, %d steps per pass", n, batch_size, sample_rate,
              noise_multiplier, max_grad_norm, len(dp_loader))
     return dp_model, dp_optimizer, dp_loader
@@ -158,6 +177,9 @@ def _clip_and_accumulate(self) -> None:
     else:
         norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in samples], dim=1).norm(2, dim=1)
         factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    adaptive = getattr(self, "omnifuse_adaptive", None)
+    if adaptive is not None:  # adaptive clipping: the step's unclipped count (released only with noise)
+        adaptive.observe(int((factor >= 1.0).sum()), len(factor))
     for p, g in zip(self.params, samples):
         _check_processed_flag(p.grad_sample)
         g = g.to(p.dtype)

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None
 
 DPSGD = "dpsgd"
+ADAPTIVE = "adaptive"  # a DP-SGD event's "clipping" field (omnifuse_core.privacy.adaptive_clip)
 PURE_TYPES = ("laplace", "gumbel")
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _WHAT_TO_DO = ("Training is refused because this site's privacy spending cannot be established. Restore the "
@@ -73,6 +74,8 @@ def validate_event(ev: dict) -> None:
         _num(ev, "sample_rate", low=0, high=1)
         _whole(ev, "steps", 0)
         _num(ev, "max_grad_norm", low=0)
+        if "clipping" in ev:
+            _adaptive_fields(ev)
     elif kind in PURE_TYPES:
         _num(ev, "scale", low=0)
         _num(ev, "sensitivity", low=0)
@@ -83,6 +86,22 @@ def validate_event(ev: dict) -> None:
         raise ValueError(f"field 'type' = {kind!r}; expected one of {(DPSGD, *PURE_TYPES)}")
     if ev.get("round") is not None and (isinstance(ev["round"], bool) or not isinstance(ev["round"], int)):
         raise ValueError(f"field 'round' = {ev['round']!r} must be a whole number or null")
+
+
+def _adaptive_fields(ev: dict) -> None:
+    """An adaptive-clipping DP-SGD event (``max_grad_norm`` = the clip norm at the end of its steps): the fields
+    are present and its noise split is the one that makes the event cost exactly its ``noise_multiplier`` σ."""
+    if ev["clipping"] != ADAPTIVE:
+        raise ValueError(f"field 'clipping' = {ev['clipping']!r}; expected {ADAPTIVE!r} (fixed clipping has no field)")
+    _num(ev, "clip_quantile", low=0, high=1)
+    _num(ev, "clip_learning_rate", low=0)
+    _num(ev, "clip_initial", low=0)
+    _num(ev, "clip_count_noise", low=ev["noise_multiplier"] / 2)
+    _num(ev, "clip_noise_multiplier", low=0)
+    inv = ev["clip_noise_multiplier"] ** -2 + (2 * ev["clip_count_noise"]) ** -2
+    if not math.isclose(inv, ev["noise_multiplier"] ** -2, rel_tol=1e-9):
+        raise ValueError(f"fields 'clip_noise_multiplier' = {ev['clip_noise_multiplier']!r} and 'clip_count_noise' = "
+                         f"{ev['clip_count_noise']!r} do not compose to noise_multiplier = {ev['noise_multiplier']!r}")
 
 
 class PrivacyLedger:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .accounting import cross_check_epsilon, epsilon_from_history, rdp_details
+from .adaptive_clip import mechanism_entry
 from .budget import epsilon_of_events
 from .ledger import DPSGD, PrivacyLedger
 from .noisy_max import pure_events_from
@@ -86,7 +87,8 @@ def _mechanism(events: Sequence[dict]) -> dict:
     for e in sgd:
         steps_per_round[e.get("round")] = steps_per_round.get(e.get("round"), 0) + e["steps"]
     uniq = lambda key: sorted({e[key] for e in sgd})  # noqa: E731
-    return {"algorithm": "DP-SGD (Opacus), per-sample clipping + Gaussian noise", "sampling": "Poisson",
+    adaptive = mechanism_entry(sgd)  # max-grad-norm: adaptive (max_grad_norm = each round's final C)
+    return {**({"clipping": "adaptive", "adaptive_clipping": adaptive} if adaptive else {}), "algorithm": "DP-SGD (Opacus), per-sample clipping + Gaussian noise", "sampling": "Poisson",
             "max_grad_norm": uniq("max_grad_norm"), "noise_multiplier": uniq("noise_multiplier"),
             "sample_rate": uniq("sample_rate"), "steps_per_round": list(steps_per_round.values()),
             "rounds": len(steps_per_round), "total_steps": sum(e["steps"] for e in sgd),

@@ -26,6 +26,15 @@ def _preflight(check: dict | None) -> str:
             f"({_f(check['ratio_run'], '.3f')} over the run's {check['steps']} steps)")
 
 
+def _adaptive(a: dict | None) -> str:
+    """Adaptive clipping's settings, after the (final) clip norms of the rounds; empty for fixed clipping."""
+    if not a:
+        return ""
+    return (f" (adaptive: target quantile {a['target_quantile']}, C {_f(a['initial_clip'], '.3g')} -> "
+            f"{_f(a['final_clip'], '.3g')}, count noise sigma_b={a['count_noise_std']}, gradient sigma_delta="
+            f"{a['gradient_noise_multiplier']}; accounted at sigma)")
+
+
 def _rows(r: dict) -> list[tuple[str, str]]:
     cc, m, p = r["epsilon_cross_check"], r["mechanism"], r["provenance"]
     return [
@@ -39,7 +48,7 @@ def _rows(r: dict) -> list[tuple[str, str]]:
         ("lifetime epsilon (all runs in ledger)", f"{_f(r['lifetime']['epsilon'])} over runs "
                                                   f"{', '.join(r['lifetime']['runs'])}"),
         ("unit / adjacency", f"{r['unit']}; {r['adjacency']}"),
-        ("mechanism", f"clip C={m.get('max_grad_norm')}, sigma={m.get('noise_multiplier')}, {m.get('sampling')} "
+        ("mechanism", f"clip C={m.get('max_grad_norm')}{_adaptive(m.get('adaptive_clipping'))}, sigma={m.get('noise_multiplier')}, {m.get('sampling')} "
                       f"sampling q={m.get('sample_rate')}, steps/round={m.get('steps_per_round')}, "
                       f"rounds={m.get('rounds')}, total steps={m.get('total_steps')}"),
         ("empty batches", str(m.get("empty_batch_policy", ""))),
