@@ -139,12 +139,23 @@ def test_auto_dp_round_trains_with_the_pick_and_records_it(tmp_path, caplog):
     assert len(logged) == 1 and "batch-size 32" in logged[0]  # once: round 2 reuses the stored choice
     stored = json.loads((tmp_path / sp.CALIBRATION_DIR / "fp-a.json").read_text())
     assert [v["batch_size"] for v in stored["auto_schedules"].values()] == [32]
+    from omnifuse_core.privacy.report import federation_summary, write_reports
+
+    paths = write_reports(tmp_path / "run", [report], federation_summary([report]))
+    md = (tmp_path / "run" / "privacy" / "privacy.md").read_text()
+    assert "auto: batch-size 32 (q=0.3333" in md and "B=16: r=" in md and "B=32: r=" in md
+    assert "auto: batch-size 32" in open(paths["html"]).read()
 
 
 def test_fixed_schedule_is_unchanged_and_reports_no_choice(tmp_path):
     (_, (_, m2, report)), used = _dp_rounds(tmp_path, Config(**TINY), rounds=(1, 2))
     assert "schedule" not in report["mechanism"] and all(c.batch_size == 8 for c in used)
     assert m2["sample_rate"] == pytest.approx(8 / 96) and m2["steps"] == 3 * 12
+    from omnifuse_core.privacy.report_html import render_markdown
+    from omnifuse_core.privacy.report import federation_summary
+
+    assert "fixed (batch-size, local-epochs and lr as configured)" in render_markdown([report],
+                                                                                      federation_summary([report]))
 
 
 def test_cap_still_applies_under_auto(tmp_path):
