@@ -165,3 +165,12 @@ def test_cap_still_applies_under_auto(tmp_path):
     with pytest.raises(sp.PrivacyRefused, match="max-epsilon"):
         sp.dp_round(site, Config(**TINY, dp_schedule="auto"), state_dir=tmp_path, max_epsilon=1.0, server_round=1,
                     run_id="run-1", uses_tla=False, train=lambda c, d: pytest.fail("trained"), n_params=500)
+
+
+def test_auto_with_adaptive_clipping_sizes_the_count_noise_from_the_picked_batch(tmp_path):
+    cfg = Config(**TINY, dp_schedule="auto", max_grad_norm="adaptive", clip_initial=0.05)
+    ((_, m1, report),), used = _dp_rounds(tmp_path, cfg, rounds=(1,))
+    assert used[0].batch_size == 32 and m1["sample_rate"] == pytest.approx(32 / 96)
+    (ev,) = [e for e in PrivacyLedger(tmp_path, "fp-a").events() if e["type"] == "dpsgd"]
+    assert ev["clipping"] == "adaptive" and ev["clip_count_noise"] == pytest.approx(32 / 20)
+    assert ev["noise_multiplier"] == pytest.approx(report["mechanism"]["schedule"]["noise_multiplier"])
