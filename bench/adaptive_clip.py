@@ -4,7 +4,8 @@ Every arm trains the DP profile (``configs/demo-dp.yaml``) through ``bench.train
 layer a Flower site uses, at the same target ε, so σ, q and the steps (hence ε) are the same in every arm; only
 the clipping differs. Arms: ``fixed`` (the config's ``max-grad-norm``, tuned for the profile: 0.1), ``fixed-1``
 (C = 1, the untuned default) and ``adaptive`` (``max-grad-norm: adaptive`` with the clip-* defaults: γ = 0.5,
-C_0 = 1, η_C = 0.2, σ_b = B/20); ``adaptive-q0.1`` (γ = 0.1) only when named in ``--arms``. Δ = paired
+C_0 = 1, η_C = 0.2, σ_b = B/20); ``adaptive-q0.1`` (γ = 0.1) and ``auto`` (``dp-schedule: auto``: each site
+picks its expected batch, docs/privacy.md; here σ, q and the steps differ, ε does not) only when named in ``--arms``. Δ = paired
 difference against ``fixed`` over (data seed, model seed); the DP noise of each run is seeded from a fresh site
 secret, so arms are paired in data and model seed, not in noise draws.
 
@@ -24,7 +25,8 @@ from bench.runner import RunSpec, by_key, execute, publish  # noqa: E402
 from bench.stats import compare, fdiff, fmt, fnum, fp, markdown_table, summary  # noqa: E402
 
 ARMS = {"fixed": {}, "fixed-1": {"max_grad_norm": 1.0}, "adaptive": {"max_grad_norm": "adaptive"},
-        "adaptive-q0.1": {"max_grad_norm": "adaptive", "clip_quantile": 0.1}}  # the last only with --arms
+        "adaptive-q0.1": {"max_grad_norm": "adaptive", "clip_quantile": 0.1},  # this and auto: only with --arms
+        "auto": {"dp_schedule": "auto"}}  # issue 25 item 3: each site picks its batch (fixed clip C of the config)
 DEFAULT_ARMS = ("fixed", "fixed-1", "adaptive")
 
 

@@ -114,9 +114,13 @@ def _dp(cfg):
 
 
 def _privacy(dp) -> dict:
-    return {k: {f: v.get(f) for f in ("epsilon", "noise_multiplier", "noise_ratio", "trainable_params", "steps",
-                                     "max_grad_norm")}
-            for k, v in dp.metrics.items()}
+    out = {k: {f: v.get(f) for f in ("epsilon", "noise_multiplier", "noise_ratio", "trainable_params", "steps",
+                                    "max_grad_norm", "sample_rate")}
+           for k, v in dp.metrics.items()}
+    for k, report in dp.reports.items():  # the expected batch q*N (dp-schedule auto: the site's own pick)
+        if k in out:
+            out[k]["expected_batch"] = ((report.get("mechanism") or {}).get("preflight") or {}).get("expected_batch")
+    return out
 
 
 def membership(model, sites: list, cfg, device) -> dict:

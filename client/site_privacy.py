@@ -35,6 +35,7 @@ from omnifuse_core.privacy import adaptive_clip
 from omnifuse_core.privacy.dpsgd import planned_steps_per_epoch
 from omnifuse_core.privacy.noisy_max import MINING_MONOTONE, noisy_max_epsilon
 from omnifuse_core.privacy.preflight import NoiseCheck, check_noise
+from omnifuse_core.privacy.schedule import AUTO, AutoSchedule, choose_schedule
 from omnifuse_core.tla import selections_in_call
 from omnifuse_core.privacy.report import build_provenance, site_report
 
@@ -192,6 +193,46 @@ def noise_multiplier_for(state_dir: Path, fingerprint: str, cfg: Config, schedul
     return sigma, entry
 
 
+def auto_schedule_for(state_dir: Path, fingerprint: str, cfg: Config, n_train: int, n_params: int, *,
+                      uses_tla: bool, site: str, first: bool) -> tuple[Config, Optional[AutoSchedule]]:
+    """``dp-schedule: auto``: ``cfg`` with the batch-size the site's rule picks (:mod:`~omnifuse_core.privacy.schedule`).
+
+    Chosen once per schedule from the site's own N and P and stored beside its calibration, so later rounds and
+    restarts reuse it; ``dp-schedule: fixed`` returns ``(cfg, None)``. Local epochs and lr are kept.
+    """
+    if cfg.dp_schedule != AUTO:
+        return cfg, None
+    provisional = plan_schedule(n_train, cfg.replace(batch_size=1), uses_tla=uses_tla, site=site)
+    b = with_tla_scale(cfg, provisional).tla_noise_scale
+    pure = provisional.noisy_max_total * _noisy_max_eps(cfg.replace(tla_noise_scale=b)) \
+        if provisional.noisy_max_total else 0.0
+    spec = {"target_epsilon": cfg.target_epsilon, "delta": cfg.delta, "n_train": int(n_train), "lr": cfg.lr,
+            "rounds": provisional.rounds, "local_epochs": cfg.local_epochs, "n_params": int(n_params),
+            "accountant": cfg.accountant, "planned_pure_epsilon": pure, "limit": cfg.dp_max_noise_ratio}
+    key = "auto-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(state_dir) / CALIBRATION_DIR / f"{fingerprint}.json"
+    state = _load_state(path, site)
+    stored = state.setdefault("auto_schedules", {})
+    if key in stored:
+        choice = AutoSchedule.from_dict(stored[key])
+    else:
+        if cfg.target_epsilon - pure <= 0:
+            raise PrivacyRefused(f"site '{site}': the planned TLA noisy-max selections alone cost epsilon={pure:.3f} "
+                                 f">= target-epsilon={cfg.target_epsilon:g}; raise tla-noise-scale or target-epsilon")
+        try:
+            choice = choose_schedule(n_train, epsilon=cfg.target_epsilon - pure, delta=cfg.delta,
+                                     rounds=provisional.rounds, local_epochs=cfg.local_epochs, lr=cfg.lr,
+                                     n_params=n_params, limit=cfg.dp_max_noise_ratio, accountant=cfg.accountant)
+        except ValueError as exc:
+            raise PrivacyRefused(f"site '{site}': {exc}") from exc
+        stored[key] = choice.to_dict()
+        _atomic_write(path, json.dumps(state, indent=1, sort_keys=True))
+        first = True
+    if first:
+        log.info("pre-flight schedule: %s", choice.message(site))
+    return cfg.replace(batch_size=choice.batch_size, local_epochs=choice.local_epochs, lr=choice.lr), choice
+
+
 def secret_seed(state_dir: Path, fingerprint: str, *parts: Any) -> int:
     """A training seed the server cannot know: the site's stored secret hashed with ``parts``.
 
@@ -243,6 +284,9 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
         ledger = PrivacyLedger(state_dir, fp)
     except (LedgerCorrupt, OSError, ValueError) as exc:
         raise PrivacyRefused(f"site '{name}' refuses to train: {exc}") from exc
+    run_cfg = cfg  # the run's config (the report's provenance hash); cfg below carries the site's schedule
+    cfg, auto = auto_schedule_for(state_dir, fp, cfg, len(site.train), n_params, uses_tla=uses_tla, site=name,
+                                  first=server_round <= 1)
     schedule = plan_schedule(len(site.train), cfg, uses_tla=uses_tla, site=name)
     b = with_tla_scale(cfg, schedule).tla_noise_scale  # TLA's Laplace scale at this site (auto: from the schedule)
     sigma, calibration = noise_multiplier_for(state_dir, fp, cfg.replace(tla_noise_scale=b), schedule, site=name)
@@ -273,7 +317,7 @@ def dp_round(site, cfg: Config, *, state_dir: Path, max_epsilon: Optional[float]
     spent = budget.record_round(sigma, result.sample_rate or schedule.sample_rate, result.steps,
                                 max_grad_norm=clip_norm, round=server_round, run_id=run_id,
                                 extra_events=events, clip=clip)
-    report = build_report(ledger, name, cfg, cap, run_id, calibration, check)
+    report = build_report(ledger, name, run_cfg, cap, run_id, calibration, check, auto)
     metrics = {"epsilon": float(report["epsilon"]), "delta": float(cfg.delta), "epsilon_lifetime": float(spent),
                "max_epsilon": cap, "noise_multiplier": sigma, "sample_rate": float(result.sample_rate),
                "steps": int(result.steps), "max_grad_norm": float(clip_norm)}
@@ -308,11 +352,14 @@ def preflight(site: str, cfg: Config, schedule: Schedule, n_train: int, sigma: f
 
 
 def build_report(ledger: PrivacyLedger, site: str, cfg: Config, cap: float, run_id: str,
-                 calibration: Optional[dict] = None, check: Optional[NoiseCheck] = None) -> dict:
+                 calibration: Optional[dict] = None, check: Optional[NoiseCheck] = None,
+                 schedule: Optional[AutoSchedule] = None) -> dict:
     """The site's privacy report for this run (from its ledger; holds no patient data)."""
     prov = build_provenance(run_id=run_id, site=site, fingerprint=ledger.fingerprint, config_hash=cfg.digest())
     mech = {"calibration": calibration} if calibration else None
     if check is not None:
         mech = {**(mech or {}), "preflight": check.to_dict()}
+    if schedule is not None:  # dp-schedule auto: the site's pick, its candidate table and the rule
+        mech = {**(mech or {}), "schedule": schedule.to_dict()}
     return site_report(ledger, site=site, delta=cfg.delta, max_epsilon=cap, provenance=prov, mechanism=mech,
                        accountant=cfg.accountant, run_id=run_id)

@@ -151,6 +151,7 @@ class Config:
     dp_grad_sample_mode: str = "hooks"  # Opacus per-sample gradients: hooks | functorch (same values; B6b times both)
     dp_preflight: str = "error"  # error | warn | off: what a hopeless pre-flight noise-to-signal ratio does
     dp_max_noise_ratio: float = 5.0  # pre-flight limit on sigma*sqrt(P)/B per step (docs/privacy.md; measured in B5)
+    dp_schedule: str = "fixed"  # fixed: batch-size as given | auto: each site picks its batch from epsilon, N, P (docs/privacy.md)
     tla_noise_scale: float = 20.0  # Laplace scale b of TLA report-noisy-max, 2/b per selection; 0 = auto (docs/privacy.md)
     tla_epsilon_share: float = 0.1  # with tla-noise-scale 0: the share of target-epsilon TLA's selections may spend
     central_dp: bool = False
@@ -178,6 +179,7 @@ class Config:
             "prediction": ("joint", "heads", "both", "auto"),
             "accountant": ("prv", "rdp"),
             "dp_preflight": ("error", "warn", "off"),
+            "dp_schedule": ("fixed", "auto"),
             "genomics_gene_policy": ("union", "intersection"),
             "survival_loss": ("nll", "cox"),
             "dp_grad_sample_mode": ("hooks", "functorch"),
@@ -249,6 +251,10 @@ class Config:
         if not (math.isfinite(self.clip_count_noise) and self.clip_count_noise >= 0):
             raise ConfigError(f"config key 'clip-count-noise' must be >= 0 (0 = expected batch size / 20), got "
                               f"{self.clip_count_noise}")
+        if self.dp_schedule == "auto" and self.noise_multiplier > 0:
+            raise ConfigError(f"config key 'dp-schedule' = 'auto' calibrates sigma for the batch it picks, but "
+                              f"'noise-multiplier' = {self.noise_multiplier:g} fixes sigma; set noise-multiplier: 0 "
+                              "or dp-schedule: fixed")
         if self.dp and not (0 < self.delta < 1):
             raise ConfigError(f"config key 'delta' must lie in (0, 1), got {self.delta}")
         return self

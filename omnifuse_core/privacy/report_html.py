@@ -26,6 +26,16 @@ def _preflight(check: dict | None) -> str:
             f"({_f(check['ratio_run'], '.3f')} over the run's {check['steps']} steps)")
 
 
+def _schedule(sch: dict | None) -> str:
+    """dp-schedule: the site's pick and its candidates (auto), or that batch-size was used as configured."""
+    if not sch:
+        return "fixed (batch-size, local-epochs and lr as configured)"
+    cands = ", ".join(f"B={c['batch_size']}: r={_f(c['ratio'], '.2f')}" for c in sch.get("candidates", []))
+    return (f"auto: batch-size {sch['batch_size']} (q={_f(sch['sample_rate'], '.4f')}, r={_f(sch['ratio'], '.2f')}, "
+            f"{sch['verdict']}) for N={sch['n_train']}; local-epochs {sch['local_epochs']}, lr {sch['lr']} kept; "
+            f"candidates {cands}; rule: {sch.get('rule', '')}")
+
+
 def _adaptive(a: dict | None) -> str:
     """Adaptive clipping's settings, after the (final) clip norms of the rounds; empty for fixed clipping."""
     if not a:
@@ -53,6 +63,7 @@ def _rows(r: dict) -> list[tuple[str, str]]:
                       f"rounds={m.get('rounds')}, total steps={m.get('total_steps')}"),
         ("empty batches", str(m.get("empty_batch_policy", ""))),
         ("pre-flight noise check", _preflight(m.get("preflight"))),
+        ("DP schedule (dp-schedule)", _schedule(m.get("schedule"))),
         ("noisy-max events", json.dumps(m.get("noisy_max", [])) + (f" — {r['pure_dp_composition']}"
                                                                    if r.get("pure_dp_composition") else "")),
         ("protected", "; ".join(r["scope"]["protected"])),
