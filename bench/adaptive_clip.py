@@ -26,7 +26,8 @@ from bench.stats import compare, fdiff, fmt, fnum, fp, markdown_table, summary  
 
 ARMS = {"fixed": {}, "fixed-1": {"max_grad_norm": 1.0}, "adaptive": {"max_grad_norm": "adaptive"},
         "adaptive-q0.1": {"max_grad_norm": "adaptive", "clip_quantile": 0.1},  # this and auto: only with --arms
-        "auto": {"dp_schedule": "auto"}}  # issue 25 item 3: each site picks its batch (fixed clip C of the config)
+        "auto": {"dp_schedule": "auto"},  # issue 25 item 3: each site picks its batch (fixed clip C of the config)
+        "auto+adaptive": {"dp_schedule": "auto", "max_grad_norm": "adaptive"}}
 DEFAULT_ARMS = ("fixed", "fixed-1", "adaptive")
 
 
