@@ -34,6 +34,14 @@ def test_verdicts_and_the_message_names_the_numbers_and_the_fixes(n_params, verd
         assert f"P <= {int(n_params / need ** 2):,}" in text and f"batch-size >= {math.ceil(100 * need)}" in text
 
 
+def test_under_the_auto_schedule_a_larger_batch_is_not_offered():
+    check = check_noise("hospital_x", n_train=400, sample_rate=0.25, noise_multiplier=1.5, n_params=1_000_000,
+                        steps=100, limit=2.0)
+    text = check.message(2.0, batch_chosen=True)
+    assert "batch-size >=" not in text and "dp-schedule: auto already picked B = 100" in text
+    assert "P <= " in text and "target-epsilon" in text  # the other levers stay
+
+
 def _site(n: int) -> SimpleNamespace:
     return SimpleNamespace(name="hospital_x", fingerprint="fp-x", train=list(range(n)))
 

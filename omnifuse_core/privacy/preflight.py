@@ -38,8 +38,12 @@ class NoiseCheck:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def message(self, limit: float) -> str:
-        """A readable account of the numbers and what would lower the ratio."""
+    def message(self, limit: float, *, batch_chosen: bool = False) -> str:
+        """A readable account of the numbers and what would lower the ratio.
+
+        ``batch_chosen``: the batch was picked by ``dp-schedule: auto`` (already the lowest ratio the rule allows),
+        so a larger batch-size is not offered as a fix.
+        """
         head = (f"site '{self.site}': DP-SGD noise-to-signal ratio sigma*sqrt(P)/B = {self.noise_multiplier:.3g} x "
                 f"sqrt({self.n_params:,}) / {self.expected_batch:.0f} = {self.ratio:.2f} per step "
                 f"(limit {limit:g}; {self.steps} steps, {self.ratio_run:.3f} over the run)")
@@ -52,6 +56,9 @@ class NoiseCheck:
                  f"a larger expected batch (batch-size >= {math.ceil(self.expected_batch * need)}, at most the "
                  f"site's {self.n_train} training patients)",
                  "a larger target-epsilon, or more patients"]
+        if batch_chosen:
+            fixes[1] = (f"not a larger batch: dp-schedule: auto already picked B = {self.expected_batch:.0f}, the lowest "
+                        "ratio its rule allows at this site (docs/privacy.md, 'Budget-aware schedule')")
         return head + ". The model would mostly follow noise. To lower it: " + "; ".join(fixes) + "."
 
 
