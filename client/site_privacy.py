@@ -343,7 +343,7 @@ def preflight(site: str, cfg: Config, schedule: Schedule, n_train: int, sigma: f
         return None
     check = check_noise(site, n_train=n_train, sample_rate=schedule.sample_rate, noise_multiplier=sigma,
                         n_params=n_params, steps=schedule.total_steps, limit=cfg.dp_max_noise_ratio)
-    text = check.message(cfg.dp_max_noise_ratio, batch_chosen=cfg.dp_schedule == "auto")
+    text = check.message(cfg.dp_max_noise_ratio, batch_chosen=cfg.dp_schedule == AUTO)
     if check.verdict == "hopeless" and cfg.dp_preflight == "error":
         raise PrivacyRefused(f"{text} Set dp-preflight: warn to train anyway.")
     if first:

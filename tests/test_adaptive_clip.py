@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from client import site_privacy as sp
+from dp_rounds import run_dp_rounds
 from omnifuse_core.config import Config, ConfigError
 from omnifuse_core.privacy import PrivacyLedger
 from omnifuse_core.privacy import adaptive_clip as ac
@@ -163,21 +163,8 @@ TINY = dict(embed_dim=8, encoder_hidden=8, head_hidden=8, cra_hidden="16,8,4", c
 
 
 def _dp_rounds(tmp_path, cfg: Config, rounds=(1, 2), cap=None):
-    from omnifuse_core.models import build_model
-    from omnifuse_core.toy import TOY_SPECS, make_toy_dataset, toy_task
-    from omnifuse_core.trainer import train_local
-
-    ds = make_toy_dataset(80, missing=[0, 0.3, 0.3, 0.5], seed=1)
-    model = build_model(TOY_SPECS, toy_task(), cfg)
-    site = SimpleNamespace(name="hospital_a", fingerprint="fp-a", train=ds)
-    out, calls = [], []
-    for rnd in rounds:
-        def train(run_cfg, dp, rnd=rnd):
-            calls.append(dp)
-            return train_local(model, ds, run_cfg, dp=dp, seed_offset=rnd, trained=rnd > 1)
-
-        out.append(sp.dp_round(site, cfg, state_dir=tmp_path, max_epsilon=cap, server_round=rnd, run_id="run-1",
-                               uses_tla=bool(getattr(model, "use_tla", False)), train=train))
+    calls = []
+    out = run_dp_rounds(tmp_path, cfg, rounds, n=80, cap=cap, record=lambda _cfg, dp: calls.append(dp))
     return out, calls
 
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from client import site_privacy as sp
+from dp_rounds import run_dp_rounds
 from omnifuse_core.config import Config, ConfigError
 from omnifuse_core.privacy import PrivacyLedger
 from omnifuse_core.privacy import schedule as sch
@@ -100,23 +101,9 @@ TINY = dict(embed_dim=8, encoder_hidden=8, head_hidden=8, cra_hidden="16,8,4", c
 
 
 def _dp_rounds(tmp_path, cfg: Config, rounds=(1, 2)):
-    from omnifuse_core.models import build_model
-    from omnifuse_core.toy import TOY_SPECS, make_toy_dataset, toy_task
-    from omnifuse_core.trainer import train_local
-    from omnifuse_core.weights import trainable_count
-
-    ds = make_toy_dataset(96, missing=[0, 0.3, 0.3, 0.5], seed=1)
-    model = build_model(TOY_SPECS, toy_task(), cfg)
-    site = SimpleNamespace(name="hospital_a", fingerprint="fp-a", train=ds)
-    out, used = [], []
-    for rnd in rounds:
-        def train(run_cfg, dp, rnd=rnd):
-            used.append(run_cfg)
-            return train_local(model, ds, run_cfg, dp=dp, seed_offset=rnd, trained=rnd > 1)
-
-        out.append(sp.dp_round(site, cfg, state_dir=tmp_path, max_epsilon=None, server_round=rnd, run_id="run-1",
-                               uses_tla=bool(getattr(model, "use_tla", False)), train=train,
-                               n_params=trainable_count(model)))
+    used = []
+    out = run_dp_rounds(tmp_path, cfg, rounds, n=96, count_params=True,
+                        record=lambda run_cfg, _dp: used.append(run_cfg))
     return out, used
 
 

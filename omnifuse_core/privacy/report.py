@@ -88,7 +88,8 @@ def _mechanism(events: Sequence[dict]) -> dict:
         steps_per_round[e.get("round")] = steps_per_round.get(e.get("round"), 0) + e["steps"]
     uniq = lambda key: sorted({e[key] for e in sgd})  # noqa: E731
     adaptive = mechanism_entry(sgd)  # max-grad-norm: adaptive (max_grad_norm = each round's final C)
-    return {**({"clipping": "adaptive", "adaptive_clipping": adaptive} if adaptive else {}), "algorithm": "DP-SGD (Opacus), per-sample clipping + Gaussian noise", "sampling": "Poisson",
+    return {**({"clipping": "adaptive", "adaptive_clipping": adaptive} if adaptive else {}),
+            "algorithm": "DP-SGD (Opacus), per-sample clipping + Gaussian noise", "sampling": "Poisson",
             "max_grad_norm": uniq("max_grad_norm"), "noise_multiplier": uniq("noise_multiplier"),
             "sample_rate": uniq("sample_rate"), "steps_per_round": list(steps_per_round.values()),
             "rounds": len(steps_per_round), "total_steps": sum(e["steps"] for e in sgd),

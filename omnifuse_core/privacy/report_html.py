@@ -58,7 +58,8 @@ def _rows(r: dict) -> list[tuple[str, str]]:
         ("lifetime epsilon (all runs in ledger)", f"{_f(r['lifetime']['epsilon'])} over runs "
                                                   f"{', '.join(r['lifetime']['runs'])}"),
         ("unit / adjacency", f"{r['unit']}; {r['adjacency']}"),
-        ("mechanism", f"clip C={m.get('max_grad_norm')}{_adaptive(m.get('adaptive_clipping'))}, sigma={m.get('noise_multiplier')}, {m.get('sampling')} "
+        ("mechanism", f"clip C={m.get('max_grad_norm')}{_adaptive(m.get('adaptive_clipping'))}, "
+                      f"sigma={m.get('noise_multiplier')}, {m.get('sampling')} "
                       f"sampling q={m.get('sample_rate')}, steps/round={m.get('steps_per_round')}, "
                       f"rounds={m.get('rounds')}, total steps={m.get('total_steps')}"),
         ("empty batches", str(m.get("empty_batch_policy", ""))),
